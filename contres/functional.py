@@ -1,0 +1,111 @@
+"""Functional API: ode_block(x, weight, bias, *, T, n_steps, ...)."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from . import _ext, ops, reference
+from .reference import ACTIVATIONS, INTERPS, LAYERS
+
+BACKENDS = ("auto", "fused", "reference")
+_warned_fallback: set = set()
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def checkpoint_stride(checkpoint, n_steps: int) -> int:
+    """0 (keep everything) or the stride s of saved states: True -> ceil(sqrt(n_steps))."""
+    if checkpoint is False or checkpoint is None or checkpoint == 0:
+        return 0
+    if checkpoint is True:
+        return max(1, math.ceil(math.sqrt(n_steps)))
+    if isinstance(checkpoint, int) and checkpoint >= 1:
+        return checkpoint
+    raise ValueError(f"checkpoint must be a bool or an integer stride >= 1, got {checkpoint!r}")
+
+
+def validate(x, weight, bias, *, T, n_steps, layer, activation, interp, backend) -> None:
+    """Raise a clear error naming the bad argument; never touches the tensors' data."""
+    _check_choice("layer", layer, LAYERS)
+    _check_choice("activation", activation, ACTIVATIONS)
+    _check_choice("interp", interp, INTERPS)
+    _check_choice("backend", backend, BACKENDS)
+    _check_positive_int("n_steps", n_steps)
+    if isinstance(T, bool) or not isinstance(T, (int, float)) or not math.isfinite(T) or T <= 0:
+        raise ValueError(f"T must be a positive finite number, got {T!r}")
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (batch, channels, height, width), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    C = x.shape[1]
+    if weight.dim() != 5 or weight.shape[1] != C or weight.shape[2] != C or weight.shape[3] != weight.shape[4]:
+        raise ValueError(f"weight must have shape (n_controls, {C}, {C}, k, k) for x with {C} channels, "
+                         f"got {tuple(weight.shape)}")
+    k = weight.shape[-1]
+    if k % 2 == 0:
+        raise ValueError(f"weight's kernel size must be odd (1, 3, 5, 7, ...), got {k}")
+    M = weight.shape[0]
+    if M < 1:
+        raise ValueError("weight must hold at least one control (n_controls >= 1)")
+    if bias.dim() != 2 or tuple(bias.shape) != (M, C):
+        raise ValueError(f"bias must have shape (n_controls, channels) = ({M}, {C}), got {tuple(bias.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but x has dtype {x.dtype}; they must match")
+        if t.device != x.device:
+            raise RuntimeError(f"{name} is on {t.device} but x is on {x.device}; they must be on one device")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """'fused' or 'reference' for this device (see ode_block)."""
+    if backend == "reference":
+        return "reference"
+    has = _ext.has_kernels(device.type)
+    if backend == "fused":
+        if not has:
+            reason = _ext.LOAD_ERROR or f"this build of contres has no {device.type} kernels ({_ext.build_info()})"
+            raise RuntimeError(f"backend='fused' is not available for device {device}: {reason}")
+        return "fused"
+    if not has:
+        if device.type not in _warned_fallback:
+            _warned_fallback.add(device.type)
+            warnings.warn(f"contres: no fused kernels for {device.type} "
+                          f"({_ext.LOAD_ERROR or 'not compiled in this build'}); using the reference implementation",
+                          RuntimeWarning, stacklevel=3)
+        return "reference"
+    return "fused"
+
+
+def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: float = 1.0, n_steps: int,
+              layer: str = "single", activation: str = "relu", interp: str = "constant", backend: str = "auto",
+              checkpoint=False) -> torch.Tensor:
+    """n_steps forward-Euler steps of du/dt = f(u, theta(t)) on [0, T] (design section 1).
+
+    x: (B, C, H, W); weight: controls (n_controls, C, C, k, k); bias: (n_controls, C).
+    backend: 'fused' (compiled ops; error when not built for x's device), 'reference' (PyTorch autograd),
+    'auto' (fused where available, else the reference with one warning).
+    checkpoint: False keeps every state for the backward; True or a stride s keeps every s-th state and
+    recomputes the rest in the backward (fused backend only; the reference uses plain autograd).
+    """
+    validate(x, weight, bias, T=T, n_steps=n_steps, layer=layer, activation=activation, interp=interp,
+             backend=backend)
+    stride = checkpoint_stride(checkpoint, n_steps)
+    if resolve_backend(backend, x.device) == "reference":
+        return reference.ode_block(x, weight, bias, T=T, n_steps=n_steps, layer=layer, activation=activation,
+                                   interp=interp)
+    K, b = reference.interpolate_controls(weight, bias, n_steps, interp)
+    return ops.ode_forward(x, K, b, float(T) / n_steps, layer, activation, stride)[0]

@@ -1,0 +1,78 @@
+"""Typed wrappers of the compiled ops, their fake (meta) implementations for torch.compile, and autograd.
+
+torch.ops.contres.ode_forward(x, weight, bias, h, layer, activation, checkpoint) -> (u_N, states, aux)
+torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint)
+    -> (grad_x, grad_weight, grad_bias)
+
+weight (N, C, C, k, k) and bias (N, C) are per step (already interpolated from the controls).
+What the forward keeps for the backward (`states`, `aux`):
+  checkpoint = 0: u_1 .. u_{N-1} (u_0 is x itself), and per step
+      single + relu/leaky_relu: the sign of z, 1 bit per element;
+      single + tanh/sigmoid:    act(z) (the backward needs act', which these give from act(z));
+      single + identity:        nothing;
+      double_sym:               act(z) (its weight gradient needs it).
+  checkpoint = s > 0: only u_s, u_2s, ...; the backward recomputes each segment of s steps.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _ext
+
+_AUX_MASK = ("relu", "leaky_relu")
+_AUX_NONE = ("identity",)
+
+
+def _n_saved_states(n_steps: int, checkpoint: int) -> int:
+    return n_steps - 1 if checkpoint == 0 else (n_steps - 1) // checkpoint
+
+
+def _aux_like(x: torch.Tensor, n_steps: int, layer: str, activation: str, checkpoint: int) -> torch.Tensor:
+    if checkpoint != 0 or (layer == "single" and activation in _AUX_NONE):
+        return x.new_empty((0,))
+    B, C, H, W = x.shape
+    if layer == "single" and activation in _AUX_MASK:
+        return x.new_empty((n_steps, B, C, (H * W + 7) // 8), dtype=torch.uint8)
+    return x.new_empty((n_steps, B, C, H, W))
+
+
+def ode_forward(x, weight, bias, h: float, layer: str, activation: str, checkpoint: int):
+    return torch.ops.contres.ode_forward(x, weight, bias, h, layer, activation, checkpoint)
+
+
+def ode_backward(grad_out, x, weight, bias, states, aux, h: float, layer: str, activation: str, checkpoint: int):
+    return torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint)
+
+
+def _register():
+    @torch.library.register_fake("contres::ode_forward")
+    def _ode_forward_fake(x, weight, bias, h, layer, activation, checkpoint):
+        n_steps = weight.shape[0]
+        B, C, H, W = x.shape
+        out = x.new_empty((B, C, H, W))
+        states = x.new_empty((_n_saved_states(n_steps, checkpoint), B, C, H, W))
+        return out, states, _aux_like(x, n_steps, layer, activation, checkpoint)
+
+    @torch.library.register_fake("contres::ode_backward")
+    def _ode_backward_fake(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint):
+        return (x.new_empty(x.shape), weight.new_empty(weight.shape), bias.new_empty(bias.shape))
+
+    def _setup_context(ctx, inputs, output):
+        x, weight, bias, h, layer, activation, checkpoint = inputs
+        _, states, aux = output
+        ctx.save_for_backward(x, weight, bias, states, aux)
+        ctx.config = (h, layer, activation, checkpoint)
+        ctx.mark_non_differentiable(states, aux)
+
+    def _backward(ctx, grad_out, _grad_states, _grad_aux):
+        x, weight, bias, states, aux = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros_like(x)
+        grad_x, grad_w, grad_b = torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux, *ctx.config)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+    torch.library.register_autograd("contres::ode_forward", _backward, setup_context=_setup_context)
+
+
+if _ext.available():
+    _register()

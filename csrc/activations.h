@@ -1,0 +1,83 @@
+// Activation functors shared by the CPU and CUDA kernels: act(z), and act' either from the sign of z
+// (relu, leaky_relu: one bit per element is enough) or from the value a = act(z) (tanh, sigmoid), which
+// is what PyTorch's own backward formulas use, so the fused gradients round like autograd's.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+namespace contres {
+
+enum class Act : int64_t { Identity = 0, Relu = 1, LeakyRelu = 2, Tanh = 3, Sigmoid = 4 };
+enum class Layer : int64_t { Single = 0, DoubleSym = 1 };
+
+// What the forward keeps per step so the backward can form act'(z_k).
+enum class Aux : int64_t {
+  None = 0,   // identity: act' = 1
+  Mask = 1,   // relu/leaky_relu of the single layer: bit-packed sign of z, ceil(H*W/8) bytes per plane
+  Value = 2,  // a = act(z) in the state dtype (tanh/sigmoid; every activation of double_sym, whose
+              // weight gradient needs a anyway)
+};
+
+constexpr double kLeakySlope = 0.01;
+
+Act parse_activation(const std::string& name);
+Layer parse_layer(const std::string& name);
+Aux aux_kind(Layer layer, Act act);
+
+template <Act A>
+struct Activation;
+
+template <>
+struct Activation<Act::Identity> {
+  template <typename T> C10_HOST_DEVICE static T f(T z) { return z; }
+  template <typename T> C10_HOST_DEVICE static T df_sign(bool) { return T(1); }
+  template <typename T> C10_HOST_DEVICE static T df_value(T) { return T(1); }
+};
+
+template <>
+struct Activation<Act::Relu> {
+  template <typename T> C10_HOST_DEVICE static T f(T z) { return z <= T(0) ? T(0) : z; }  // NaN passes through, like torch.relu
+  template <typename T> C10_HOST_DEVICE static T df_sign(bool positive) { return positive ? T(1) : T(0); }
+  template <typename T> C10_HOST_DEVICE static T df_value(T a) { return a > T(0) ? T(1) : T(0); }
+};
+
+template <>
+struct Activation<Act::LeakyRelu> {
+  template <typename T> C10_HOST_DEVICE static T f(T z) { return z > T(0) ? z : T(kLeakySlope) * z; }
+  template <typename T> C10_HOST_DEVICE static T df_sign(bool positive) { return positive ? T(1) : T(kLeakySlope); }
+  // a > 0 exactly when z > 0, so the value carries the sign.
+  template <typename T> C10_HOST_DEVICE static T df_value(T a) { return a > T(0) ? T(1) : T(kLeakySlope); }
+};
+
+template <>
+struct Activation<Act::Tanh> {
+  template <typename T> C10_HOST_DEVICE static T f(T z) { return ::tanh(z); }
+  template <typename T> C10_HOST_DEVICE static T df_sign(bool) { return T(0); }  // unused: tanh keeps values
+  template <typename T> C10_HOST_DEVICE static T df_value(T a) { return T(1) - a * a; }
+};
+
+template <>
+struct Activation<Act::Sigmoid> {
+  template <typename T> C10_HOST_DEVICE static T f(T z) { return T(1) / (T(1) + ::exp(-z)); }
+  template <typename T> C10_HOST_DEVICE static T df_sign(bool) { return T(0); }  // unused: sigmoid keeps values
+  template <typename T> C10_HOST_DEVICE static T df_value(T a) { return a * (T(1) - a); }
+};
+
+// Calls fn(std::integral_constant<Act, A>{}) so the activation is a compile-time constant inside fn.
+template <typename Fn>
+decltype(auto) dispatch_activation(Act act, Fn&& fn) {
+  switch (act) {
+    case Act::Identity: return fn(std::integral_constant<Act, Act::Identity>{});
+    case Act::Relu: return fn(std::integral_constant<Act, Act::Relu>{});
+    case Act::LeakyRelu: return fn(std::integral_constant<Act, Act::LeakyRelu>{});
+    case Act::Tanh: return fn(std::integral_constant<Act, Act::Tanh>{});
+    default: return fn(std::integral_constant<Act, Act::Sigmoid>{});
+  }
+}
+
+}  // namespace contres

@@ -1,0 +1,38 @@
+// The two fused elementwise passes of the ODE block, one implementation per device. Everything else in a
+// step (the convolutions) goes to ATen, i.e. oneDNN on the CPU and cuDNN on CUDA; see ode_block.cpp.
+//
+// Tensors are contiguous NCHW; a "plane" is one (b, c) image of H*W elements. Masks are bit-packed per
+// plane (bit t of byte j is element 8j+t of the plane), so no byte is shared between planes.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "activations.h"
+
+namespace contres {
+
+// Forward of the single layer: u_next = u + h * act(z).
+//   aux_out (kind Mask: uint8 (B, C, ceil(HW/8)); kind Value: act(z) like u) is written when defined;
+//   u_next may be undefined when only the aux is wanted (recomputation in the checkpointed backward).
+void single_update_cpu(const at::Tensor& u, const at::Tensor& z, double h, Act act, Aux aux_kind,
+                       const at::Tensor& u_next, const at::Tensor& aux_out);
+
+// Adjoint gate of one step:
+//   v = lam + gi (just lam when gi is undefined), written to v_out when v_out is defined;
+//   g = scale * act'(z) * v, written to g_out, with act'(z) taken from aux (see Aux);
+//   bias_grad (C) = sum over (B, H, W) of g, accumulated in opmath, deterministic.
+// v_out may alias gi and g_out may alias lam: every element is read before it is written.
+void adjoint_gate_cpu(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
+                      double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad);
+
+#ifdef CONTRES_WITH_CUDA
+void single_update_cuda(const at::Tensor& u, const at::Tensor& z, double h, Act act, Aux aux_kind,
+                        const at::Tensor& u_next, const at::Tensor& aux_out);
+void adjoint_gate_cuda(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
+                       double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad);
+#endif
+
+// Bytes of bit-packed mask per plane of hw elements.
+inline int64_t mask_bytes(int64_t hw) { return (hw + 7) / 8; }
+
+}  // namespace contres

@@ -1,0 +1,268 @@
+// Device-agnostic driver of the fused ODE block. Per step the convolutions go to ATen (oneDNN / cuDNN,
+// near peak on both), and everything elementwise runs in one fused pass from kernels.h for the tensor's
+// device. The step loop runs here, in one op call, in both directions.
+#include "ode_block.h"
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <cmath>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace contres {
+
+Act parse_activation(const std::string& name) {
+  if (name == "identity") return Act::Identity;
+  if (name == "relu") return Act::Relu;
+  if (name == "leaky_relu") return Act::LeakyRelu;
+  if (name == "tanh") return Act::Tanh;
+  if (name == "sigmoid") return Act::Sigmoid;
+  TORCH_CHECK_VALUE(false, "contres: activation must be one of identity, relu, leaky_relu, tanh, sigmoid; got '",
+                    name, "'");
+}
+
+Layer parse_layer(const std::string& name) {
+  if (name == "single") return Layer::Single;
+  if (name == "double_sym") return Layer::DoubleSym;
+  TORCH_CHECK_VALUE(false, "contres: layer must be one of single, double_sym; got '", name, "'");
+}
+
+Aux aux_kind(Layer layer, Act act) {
+  if (layer == Layer::DoubleSym) return Aux::Value;
+  switch (act) {
+    case Act::Identity: return Aux::None;
+    case Act::Relu:
+    case Act::LeakyRelu: return Aux::Mask;
+    default: return Aux::Value;
+  }
+}
+
+namespace {
+
+struct Problem {
+  Layer layer;
+  Act act;
+  Aux aux;        // what the full-storage forward keeps per step
+  double h;
+  int64_t n_steps, checkpoint, pad;
+  int64_t B, C, H, W;
+};
+
+Problem check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h,
+                     c10::string_view layer, c10::string_view activation, int64_t checkpoint) {
+  Problem p;
+  p.layer = parse_layer(std::string(layer));
+  p.act = parse_activation(std::string(activation));
+  p.aux = aux_kind(p.layer, p.act);
+  TORCH_CHECK_VALUE(x.dim() == 4, "contres: x must be 4-D (B, C, H, W), got ", x.dim(), "-D");
+  TORCH_CHECK_VALUE(weight.dim() == 5, "contres: weight must be 5-D (n_steps, C, C, k, k), got ", weight.dim(), "-D");
+  TORCH_CHECK_VALUE(bias.dim() == 2, "contres: bias must be 2-D (n_steps, C), got ", bias.dim(), "-D");
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "contres: x must be a floating tensor, got ", x.scalar_type());
+  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type() && bias.scalar_type() == x.scalar_type(),
+                   "contres: weight and bias must have x's dtype ", x.scalar_type(), ", got ", weight.scalar_type(),
+                   " and ", bias.scalar_type());
+  TORCH_CHECK(weight.device() == x.device() && bias.device() == x.device(),
+              "contres: weight and bias must be on x's device ", x.device(), ", got ", weight.device(), " and ",
+              bias.device());
+  p.n_steps = weight.size(0);
+  p.B = x.size(0);
+  p.C = x.size(1);
+  p.H = x.size(2);
+  p.W = x.size(3);
+  const int64_t k = weight.size(3);
+  TORCH_CHECK_VALUE(p.n_steps >= 1, "contres: weight must hold at least one step, got n_steps = ", p.n_steps);
+  TORCH_CHECK_VALUE(weight.size(1) == p.C && weight.size(2) == p.C && weight.size(4) == k && k % 2 == 1,
+                    "contres: weight must be (n_steps, C, C, k, k) with C = ", p.C, " and odd k, got ", weight.sizes());
+  TORCH_CHECK_VALUE(bias.size(0) == p.n_steps && bias.size(1) == p.C, "contres: bias must be (", p.n_steps, ", ",
+                    p.C, "), got ", bias.sizes());
+  TORCH_CHECK_VALUE(std::isfinite(h) && h > 0, "contres: h must be a positive finite step, got ", h);
+  TORCH_CHECK_VALUE(checkpoint >= 0, "contres: checkpoint must be >= 0, got ", checkpoint);
+  p.h = h;
+  p.checkpoint = checkpoint;
+  p.pad = k / 2;
+  return p;
+}
+
+bool is_stored(const Problem& p, int64_t k) {  // is u_k (0 < k < N) in the saved states?
+  return p.checkpoint == 0 || k % p.checkpoint == 0;
+}
+int64_t state_slot(const Problem& p, int64_t k) { return p.checkpoint == 0 ? k - 1 : k / p.checkpoint - 1; }
+int64_t n_saved_states(const Problem& p) {
+  return p.checkpoint == 0 ? p.n_steps - 1 : (p.n_steps - 1) / p.checkpoint;
+}
+
+void single_update(const at::Tensor& u, const at::Tensor& z, const Problem& p, Aux kind, const at::Tensor& u_next,
+                   const at::Tensor& aux_out) {
+#ifdef CONTRES_WITH_CUDA
+  if (u.is_cuda()) return single_update_cuda(u, z, p.h, p.act, kind, u_next, aux_out);
+#endif
+  TORCH_CHECK(u.is_cpu(), "contres: no fused kernel for device ", u.device(), " in this build");
+  single_update_cpu(u, z, p.h, p.act, kind, u_next, aux_out);
+}
+
+void adjoint_gate(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux kind, const Problem& p,
+                  double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad) {
+#ifdef CONTRES_WITH_CUDA
+  if (lam.is_cuda()) return adjoint_gate_cuda(lam, gi, aux, kind, p.act, scale, v_out, g_out, bias_grad);
+#endif
+  TORCH_CHECK(lam.is_cpu(), "contres: no fused kernel for device ", lam.device(), " in this build");
+  adjoint_gate_cpu(lam, gi, aux, kind, p.act, scale, v_out, g_out, bias_grad);
+}
+
+void activation_out(const at::Tensor& a, const at::Tensor& z, Act act) {
+  switch (act) {
+    case Act::Identity: if (!a.is_same(z)) a.copy_(z); break;
+    case Act::Relu: at::clamp_min_out(const_cast<at::Tensor&>(a), z, 0); break;
+    case Act::LeakyRelu: at::leaky_relu_out(const_cast<at::Tensor&>(a), z, kLeakySlope); break;
+    case Act::Tanh: at::tanh_out(const_cast<at::Tensor&>(a), z); break;
+    case Act::Sigmoid: at::sigmoid_out(const_cast<at::Tensor&>(a), z); break;
+  }
+}
+
+at::Tensor conv(const at::Tensor& u, const at::Tensor& K, const std::optional<at::Tensor>& b, const Problem& p) {
+  return at::conv2d(u, K, b, {1, 1}, {p.pad, p.pad}).contiguous();
+}
+
+// One Euler step from u = u_k with kernel K and bias b. Writes u_{k+1} into u_next when it is defined and
+// the step's aux (kind `kind`, may be Aux::None) into aux_out when that is defined.
+void step_forward(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b, const Problem& p, Aux kind,
+                  const at::Tensor& u_next, const at::Tensor& aux_out) {
+  if (p.layer == Layer::Single && kind == Aux::None && !u_next.defined()) return;  // nothing to recompute
+  at::Tensor z = conv(u, K, b, p);
+  if (p.layer == Layer::Single) {
+    single_update(u, z, p, kind, u_next, kind == Aux::None ? at::Tensor() : aux_out);
+    return;
+  }
+  const at::Tensor a = aux_out.defined() ? aux_out : z;
+  activation_out(a, z, p.act);
+  if (!u_next.defined()) return;
+  const at::Tensor y = at::conv_transpose2d(a, K, {}, {1, 1}, {p.pad, p.pad});
+  at::add_out(const_cast<at::Tensor&>(u_next), u, y, -p.h);
+}
+
+at::Tensor aux_buffer(const Problem& p, int64_t n, const at::TensorOptions& opts) {
+  switch (p.aux) {
+    case Aux::Mask: return at::empty({n, p.B, p.C, mask_bytes(p.H * p.W)}, opts.dtype(at::kByte));
+    case Aux::Value: return at::empty({n, p.B, p.C, p.H, p.W}, opts);
+    default: return at::empty({0}, opts);
+  }
+}
+
+// What one backward step needs: the conv-weight gradient and d/du through convT.
+std::tuple<at::Tensor, at::Tensor> conv_backward(const at::Tensor& g, const at::Tensor& input, const at::Tensor& K,
+                                                 const Problem& p, bool input_grad) {
+  auto grads = at::convolution_backward(g, input, K, std::nullopt, {1, 1}, {p.pad, p.pad}, {1, 1}, false, {0, 0}, 1,
+                                        {input_grad, true, false});
+  return {std::get<0>(grads), std::get<1>(grads)};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(const at::Tensor& x_in, const at::Tensor& weight_in,
+                                                           const at::Tensor& bias_in, double h, c10::string_view layer,
+                                                           c10::string_view activation, int64_t checkpoint) {
+  const Problem p = check_inputs(x_in, weight_in, bias_in, h, layer, activation, checkpoint);
+  const at::Tensor x = x_in.contiguous(), K = weight_in.contiguous(), b = bias_in.contiguous();
+  const auto opts = x.options();
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor states = at::empty({n_saved_states(p), p.B, p.C, p.H, p.W}, opts);
+  const bool keep_aux = p.checkpoint == 0;
+  at::Tensor aux = keep_aux ? aux_buffer(p, p.n_steps, opts) : at::empty({0}, opts);
+  if (x.numel() == 0) return {out, states, aux};
+
+  std::array<at::Tensor, 2> scratch;  // ping-pong for the states a checkpointed forward does not keep
+  at::Tensor u = x;
+  for (int64_t k = 0; k < p.n_steps; ++k) {
+    at::Tensor next;
+    if (k + 1 == p.n_steps) next = out;
+    else if (is_stored(p, k + 1)) next = states[state_slot(p, k + 1)];
+    else {
+      at::Tensor& s = scratch[k % 2];
+      if (!s.defined()) s = at::empty_like(x, at::MemoryFormat::Contiguous);
+      next = s;
+    }
+    const bool aux_k = keep_aux && p.aux != Aux::None;
+    step_forward(u, K[k], b[k], p, keep_aux ? p.aux : Aux::None, next, aux_k ? aux[k] : at::Tensor());
+    u = next;
+  }
+  return {out, states, aux};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_backward(const at::Tensor& grad_out, const at::Tensor& x_in,
+                                                            const at::Tensor& weight_in, const at::Tensor& bias_in,
+                                                            const at::Tensor& states, const at::Tensor& aux_in,
+                                                            double h, c10::string_view layer,
+                                                            c10::string_view activation, int64_t checkpoint) {
+  const Problem p = check_inputs(x_in, weight_in, bias_in, h, layer, activation, checkpoint);
+  TORCH_CHECK_VALUE(grad_out.sizes() == x_in.sizes(), "contres: grad_out must have x's shape ", x_in.sizes(),
+                    ", got ", grad_out.sizes());
+  TORCH_CHECK_VALUE(states.dim() == 5 && states.size(0) == n_saved_states(p),
+                    "contres: states do not match n_steps and checkpoint; pass the forward's outputs unchanged");
+  const at::Tensor x = x_in.contiguous(), K = weight_in.contiguous(), lam0 = grad_out.contiguous().to(x.scalar_type());
+  at::Tensor grad_w = at::empty_like(K, at::MemoryFormat::Contiguous);
+  at::Tensor grad_b = at::empty_like(bias_in, at::MemoryFormat::Contiguous);
+  if (x.numel() == 0) {
+    grad_w.zero_();
+    grad_b.zero_();
+    return {at::zeros_like(x), grad_w, grad_b};
+  }
+  const at::Tensor b = bias_in.contiguous();
+
+  at::Tensor lam = lam0;  // dL/du_{k+1}, read-only until replaced by a buffer of our own
+  at::Tensor gi;          // convT(g_{k+1}, K_{k+1}) not yet added to lam
+  auto backward_step = [&](int64_t k, const at::Tensor& u, const at::Tensor& aux_k) {
+    if (p.layer == Layer::Single) {
+      // v = lam + gi (in place in gi), g = h act'(z_k) v, bias grad: one pass.
+      at::Tensor g = at::empty_like(u);
+      adjoint_gate(lam, gi, aux_k, p.aux, p, p.h, gi, g, grad_b[k]);
+      if (gi.defined()) lam = gi;
+      auto [gi_k, dK] = conv_backward(g, u, K[k], p, true);
+      grad_w[k].copy_(dK);
+      gi = gi_k;
+      return;
+    }
+    if (gi.defined()) lam = gi.add_(lam);
+    // q = conv(lam, K_k); g = -h act'(z_k) q in place, bias grad: one pass.
+    at::Tensor g = conv(lam, K[k], std::nullopt, p);
+    adjoint_gate(g, at::Tensor(), aux_k, Aux::Value, p, -p.h, at::Tensor(), g, grad_b[k]);
+    auto [gi_k, dK_conv] = conv_backward(g, u, K[k], p, true);
+    auto [unused, dK_convT] = conv_backward(aux_k, lam, K[k], p, false);
+    at::Tensor grad_w_k = grad_w[k];
+    at::add_out(grad_w_k, dK_conv, dK_convT, -p.h);
+    gi = gi_k;
+  };
+
+  if (p.checkpoint == 0) {
+    for (int64_t k = p.n_steps - 1; k >= 0; --k) {
+      const at::Tensor u = k == 0 ? x : states[state_slot(p, k)];
+      backward_step(k, u, p.aux == Aux::None ? at::Tensor() : aux_in[k]);
+    }
+  } else {
+    // Recompute each segment [c, c + s) forward from its saved state, then run its backward steps.
+    const int64_t s = p.checkpoint;
+    const auto opts = x.options();
+    at::Tensor seg_states = at::empty({std::max<int64_t>(s - 1, 0), p.B, p.C, p.H, p.W}, opts);
+    at::Tensor seg_aux = aux_buffer(p, s, opts);
+    const int64_t last_start = ((p.n_steps - 1) / s) * s;
+    for (int64_t c = last_start; c >= 0; c -= s) {
+      const int64_t end = std::min(c + s, p.n_steps);
+      std::vector<at::Tensor> u(end - c);
+      u[0] = c == 0 ? x : states[state_slot(p, c)];
+      for (int64_t k = c; k < end; ++k) {
+        const at::Tensor next = k + 1 < end ? seg_states[k - c] : at::Tensor();
+        step_forward(u[k - c], K[k], b[k], p, p.aux, next, p.aux == Aux::None ? at::Tensor() : seg_aux[k - c]);
+        if (next.defined()) u[k + 1 - c] = next;
+      }
+      for (int64_t k = end - 1; k >= c; --k)
+        backward_step(k, u[k - c], p.aux == Aux::None ? at::Tensor() : seg_aux[k - c]);
+    }
+  }
+  at::Tensor grad_x = gi.add_(lam);
+  return {grad_x, grad_w, grad_b};
+}
+
+}  // namespace contres
