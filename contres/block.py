@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from . import functional
+from . import functional, reference
 
 
 class ODEBlock(nn.Module):
@@ -27,11 +27,15 @@ class ODEBlock(nn.Module):
     backend: "auto" | "fused" | "reference" (see contres.functional.ode_block).
     checkpoint: False, True (keep every ceil(sqrt(n_steps))-th state) or a stride; lowers the memory held
     between forward and backward at the cost of recomputing the forward in the backward.
+    gradient: "discrete" (exact) or "continuous" (Optimize-Discretize, see contres.adjoint).
+
+    Multilevel training: ``smoothness()`` is the time-smoothness regulariser of the controls, ``refine()``
+    returns the block on other time grids with the same function of time.
     """
 
     def __init__(self, channels: int, n_steps: int = 4, n_controls: int | None = None, T: float = 1.0,
                  layer: str = "single", activation: str = "relu", interp: str = "constant", kernel_size: int = 3,
-                 backend: str = "auto", checkpoint=False, device=None, dtype=None):
+                 backend: str = "auto", checkpoint=False, device=None, dtype=None, *, gradient: str = "discrete"):
         super().__init__()
         functional._check_positive_int("channels", channels)
         functional._check_positive_int("n_steps", n_steps)
@@ -47,7 +51,9 @@ class ODEBlock(nn.Module):
         functional._check_choice("activation", activation, functional.ACTIVATIONS)
         functional._check_choice("interp", interp, functional.INTERPS)
         functional._check_choice("backend", backend, functional.BACKENDS)
+        functional._check_choice("gradient", gradient, functional.GRADIENTS)
         functional.checkpoint_stride(checkpoint, n_steps)
+        self.gradient = gradient
         self.channels, self.n_steps, self.n_controls, self.T = channels, n_steps, n_controls, float(T)
         self.layer, self.activation, self.interp = layer, activation, interp
         self.kernel_size, self.backend, self.checkpoint = kernel_size, backend, checkpoint
@@ -72,9 +78,66 @@ class ODEBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return functional.ode_block(x, self.weight, self.bias, T=self.T, n_steps=self.n_steps, layer=self.layer,
                                     activation=self.activation, interp=self.interp, backend=self.backend,
-                                    checkpoint=self.checkpoint)
+                                    checkpoint=self.checkpoint, gradient=self.gradient)
+
+    @property
+    def control_spacing(self) -> float:
+        """dtau, the time between neighbouring controls: T/(M-1) between the nodes of linear controls, T/M
+        between the centres of the intervals that constant controls own."""
+        if self.interp == "linear" and self.n_controls > 1:
+            return self.T / (self.n_controls - 1)
+        return self.T / self.n_controls
+
+    def smoothness(self) -> torch.Tensor:
+        """sum_j (||theta_{j+1} - theta_j||^2 + ||beta_{j+1} - beta_j||^2) / dtau, a differentiable scalar.
+
+        The squared H^1 seminorm of the controls as a function of time (int ||theta'||^2 dt with a forward
+        difference), the regulariser R(theta) of multilevel training; zero for a single control."""
+        dw = self.weight[1:] - self.weight[:-1]
+        db = self.bias[1:] - self.bias[:-1]
+        return (dw.square().sum() + db.square().sum()) / self.control_spacing
+
+    def refine(self, n_steps: int | None = None, n_controls: int | None = None) -> "ODEBlock":
+        """A new block on other grids (None keeps the current one) with the old controls' function of time.
+
+        The new controls sample the old interpolant theta(t) where the new grid anchors its controls: at the
+        nodes j T/(M'-1) for linear controls, at the start j T/M' of the interval each owns for constant ones.
+        So n_controls unchanged keeps the function; refining by an integer factor (constant) or on nested nodes
+        (linear, M'-1 a multiple of M-1) represents the same piecewise function exactly; coarsening samples it.
+        Everything else (T, layer, activation, interp, backend, ...) is copied; the parameters are new leaves.
+        """
+        n_steps = self.n_steps if n_steps is None else n_steps
+        n_controls = self.n_controls if n_controls is None else n_controls
+        new = ODEBlock(self.channels, n_steps, n_controls, self.T, self.layer, self.activation, self.interp,
+                       self.kernel_size, self.backend, self.checkpoint, device=self.weight.device,
+                       dtype=self.weight.dtype, gradient=self.gradient)
+        R = resample_matrix(self.n_controls, n_controls, self.interp, dtype=self.weight.dtype,
+                            device=self.weight.device)
+        with torch.no_grad():
+            new.weight.copy_(torch.einsum("ij,j...->i...", R, self.weight))
+            new.bias.copy_(R @ self.bias)
+        new.train(self.training)
+        return new
 
     def extra_repr(self) -> str:
+        gradient = "" if self.gradient == "discrete" else f", gradient={self.gradient!r}"
         return (f"{self.channels}, n_steps={self.n_steps}, n_controls={self.n_controls}, T={self.T}, "
                 f"layer={self.layer!r}, activation={self.activation!r}, interp={self.interp!r}, "
-                f"kernel_size={self.kernel_size}, backend={self.backend!r}, checkpoint={self.checkpoint}")
+                f"kernel_size={self.kernel_size}, backend={self.backend!r}, checkpoint={self.checkpoint}"
+                f"{gradient}")
+
+
+def resample_matrix(old_controls: int, new_controls: int, interp: str, *, dtype=torch.float64,
+                    device=None) -> torch.Tensor:
+    """R (new, old): new control i = sum_j R[i, j] theta_j, the old interpolant at new control i's anchor time.
+
+    Anchors are i T/M' (constant, or linear with M' = 1) and the nodes i T/(M'-1) (linear); the old interpolant
+    at the times k T/n, k < n, is exactly the rows of reference.interpolation_matrix(n, M, interp), and the last
+    linear node, T, is the last old control.
+    """
+    if interp == "constant" or new_controls == 1:
+        return reference.interpolation_matrix(new_controls, old_controls, interp, dtype=dtype, device=device)
+    R = reference.interpolation_matrix(new_controls - 1, old_controls, interp, dtype=dtype, device=device)
+    last = torch.zeros(1, old_controls, dtype=dtype, device=device)
+    last[0, -1] = 1.0
+    return torch.cat([R, last])

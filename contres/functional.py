@@ -6,10 +6,11 @@ import warnings
 
 import torch
 
-from . import _ext, ops, reference
+from . import _ext, adjoint, ops, reference
 from .reference import ACTIVATIONS, INTERPS, LAYERS
 
 BACKENDS = ("auto", "fused", "reference")
+GRADIENTS = ("discrete", "continuous")
 _warned_fallback: set = set()
 
 
@@ -92,7 +93,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: float = 1.0, n_steps: int,
               layer: str = "single", activation: str = "relu", interp: str = "constant", backend: str = "auto",
-              checkpoint=False) -> torch.Tensor:
+              checkpoint=False, gradient: str = "discrete") -> torch.Tensor:
     """n_steps forward-Euler steps of du/dt = f(u, theta(t)) on [0, T] (design section 1).
 
     x: (B, C, H, W); weight: controls (n_controls, C, C, k, k); bias: (n_controls, C).
@@ -100,10 +101,18 @@ def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: f
     'auto' (fused where available, else the reference with one warning).
     checkpoint: False keeps every state for the backward; True or a stride s keeps every s-th state and
     recomputes the rest in the backward (fused backend only; the reference uses plain autograd).
+    gradient: 'discrete' (the exact gradient of this discrete network, Discretize-Optimize) or 'continuous'
+    (Optimize-Discretize: the adjoint ODE solved backward with its own Euler steps, see contres.adjoint; an
+    O(h) approximation for comparisons, computed with the reference step function whatever the backend, and
+    ignoring checkpoint).
     """
     validate(x, weight, bias, T=T, n_steps=n_steps, layer=layer, activation=activation, interp=interp,
              backend=backend)
+    _check_choice("gradient", gradient, GRADIENTS)
     stride = checkpoint_stride(checkpoint, n_steps)
+    if gradient == "continuous":
+        return adjoint.ode_block_continuous(x, weight, bias, T=float(T), n_steps=n_steps, layer=layer,
+                                            activation=activation, interp=interp)
     if resolve_backend(backend, x.device) == "reference":
         return reference.ode_block(x, weight, bias, T=T, n_steps=n_steps, layer=layer, activation=activation,
                                    interp=interp)

@@ -18,11 +18,6 @@ constexpr int64_t kGrainElements = 1 << 15;
 
 int64_t plane_grain(int64_t hw) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1)); }
 
-template <typename T>
-const T* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<T>() : nullptr; }
-template <typename T>
-T* mut_ptr_or_null(const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<T>() : nullptr; }
-
 // act' for each of the 256 mask bytes, 8 values per byte, so a chunk of 8 elements reads a contiguous row.
 template <typename opmath_t, Act A>
 const opmath_t* mask_derivative_table() {
@@ -35,45 +30,96 @@ const opmath_t* mask_derivative_table() {
   return table.data();
 }
 
-template <typename scalar_t, Act A>
-void single_update_kernel(const at::Tensor& u, const at::Tensor& z, double h, Aux aux_kind, const at::Tensor& u_next,
-                          const at::Tensor& aux_out) {
+// One plane of the single-layer forward. The flags are template parameters so that every inner loop is
+// branch-free; full 8-element chunks have a constant trip count and vectorise.
+template <typename scalar_t, Act A, bool kOut, bool kMask, bool kValue>
+void single_update_plane(const scalar_t* u, const scalar_t* z, scalar_t* out, uint8_t* mask, scalar_t* val,
+                         int64_t hw, at::opmath_type<scalar_t> h) {
   using opmath_t = at::opmath_type<scalar_t>;
+  auto element = [&](int64_t i) {
+    const opmath_t a = Activation<A>::f(static_cast<opmath_t>(z[i]));
+    if constexpr (kValue) val[i] = static_cast<scalar_t>(a);
+    if constexpr (kOut) out[i] = static_cast<scalar_t>(static_cast<opmath_t>(u[i]) + h * a);
+  };
+  const int64_t full = hw / 8;
+  for (int64_t j = 0; j < full; ++j) {
+    const int64_t i0 = 8 * j;
+    if constexpr (kOut || kValue)
+      for (int t = 0; t < 8; ++t) element(i0 + t);
+    if constexpr (kMask) {
+      unsigned bits = 0;
+      for (int t = 0; t < 8; ++t) bits |= static_cast<unsigned>(z[i0 + t] > scalar_t(0)) << t;
+      mask[j] = static_cast<uint8_t>(bits);
+    }
+  }
+  if (full * 8 < hw) {
+    unsigned bits = 0;
+    for (int64_t i = full * 8; i < hw; ++i) {
+      if constexpr (kOut || kValue) element(i);
+      bits |= static_cast<unsigned>(z[i] > scalar_t(0)) << (i - full * 8);
+    }
+    if constexpr (kMask) mask[full] = static_cast<uint8_t>(bits);
+  }
+}
+
+template <typename scalar_t, Act A, bool kOut, bool kMask, bool kValue>
+void single_update_kernel(const at::Tensor& u, const at::Tensor& z, double h, const at::Tensor& u_next,
+                          const at::Tensor& aux_out) {
   const int64_t hw = u.size(2) * u.size(3);
-  const int64_t planes = u.size(0) * u.size(1);
   const int64_t mbytes = mask_bytes(hw);
   const scalar_t* up = u.const_data_ptr<scalar_t>();
   const scalar_t* zp = z.const_data_ptr<scalar_t>();
-  scalar_t* outp = mut_ptr_or_null<scalar_t>(u_next);
-  uint8_t* maskp = aux_kind == Aux::Mask ? mut_ptr_or_null<uint8_t>(aux_out) : nullptr;
-  scalar_t* valp = aux_kind == Aux::Value ? mut_ptr_or_null<scalar_t>(aux_out) : nullptr;
-  const opmath_t hh = static_cast<opmath_t>(h);
-
-  at::parallel_for(0, planes, plane_grain(hw), [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t off = p * hw;
-      if (outp || valp) {
-        for (int64_t i = 0; i < hw; ++i) {
-          const opmath_t a = Activation<A>::f(static_cast<opmath_t>(zp[off + i]));
-          if (valp) valp[off + i] = static_cast<scalar_t>(a);
-          if (outp) outp[off + i] = static_cast<scalar_t>(static_cast<opmath_t>(up[off + i]) + hh * a);
-        }
-      }
-      if (maskp) {
-        uint8_t* m = maskp + p * mbytes;
-        for (int64_t j = 0; j < mbytes; ++j) {
-          const int64_t i0 = off + 8 * j;
-          const int cnt = static_cast<int>(std::min<int64_t>(8, hw - 8 * j));
-          unsigned bits = 0;
-          for (int t = 0; t < cnt; ++t) bits |= static_cast<unsigned>(zp[i0 + t] > scalar_t(0)) << t;
-          m[j] = static_cast<uint8_t>(bits);
-        }
-      }
-    }
+  scalar_t* outp = kOut ? u_next.mutable_data_ptr<scalar_t>() : nullptr;
+  uint8_t* maskp = kMask ? aux_out.mutable_data_ptr<uint8_t>() : nullptr;
+  scalar_t* valp = kValue ? aux_out.mutable_data_ptr<scalar_t>() : nullptr;
+  const auto hh = static_cast<at::opmath_type<scalar_t>>(h);
+  at::parallel_for(0, u.size(0) * u.size(1), plane_grain(hw), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      single_update_plane<scalar_t, A, kOut, kMask, kValue>(up + p * hw, zp + p * hw, outp + (kOut ? p * hw : 0),
+                                                            maskp + (kMask ? p * mbytes : 0),
+                                                            valp + (kValue ? p * hw : 0), hw, hh);
   });
 }
 
-template <typename scalar_t, Act A, Aux K>
+// One plane of the adjoint gate; returns the plane's sum of g.
+template <typename scalar_t, Act A, Aux K, bool kGi, bool kV>
+at::opmath_type<scalar_t> adjoint_gate_plane(const scalar_t* lam, const scalar_t* gi, const uint8_t* mask,
+                                             const scalar_t* val, const at::opmath_type<scalar_t>* table,
+                                             scalar_t* v_out, scalar_t* g_out, int64_t hw,
+                                             at::opmath_type<scalar_t> scale) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  auto element = [&](int64_t i, opmath_t d) {
+    opmath_t v = static_cast<opmath_t>(lam[i]);
+    if constexpr (kGi) v += static_cast<opmath_t>(gi[i]);
+    if constexpr (kV) v_out[i] = static_cast<scalar_t>(v);
+    const opmath_t g = scale * d * v;
+    g_out[i] = static_cast<scalar_t>(g);
+    return g;
+  };
+  auto derivative = [&](int64_t i) -> opmath_t {
+    if constexpr (K == Aux::Mask) return table[8 * mask[i / 8] + i % 8];
+    else if constexpr (K == Aux::Value) return Activation<A>::df_value(static_cast<opmath_t>(val[i]));
+    else return opmath_t(1);
+  };
+  opmath_t acc = 0;
+  const int64_t full = hw / 8;
+  for (int64_t j = 0; j < full; ++j) {
+    const int64_t i0 = 8 * j;
+    const opmath_t* drow = K == Aux::Mask ? table + 8 * mask[j] : nullptr;
+    opmath_t chunk[8];
+    for (int t = 0; t < 8; ++t) {
+      opmath_t d;
+      if constexpr (K == Aux::Mask) d = drow[t];
+      else d = derivative(i0 + t);
+      chunk[t] = element(i0 + t, d);
+    }
+    for (int t = 0; t < 8; ++t) acc += chunk[t];
+  }
+  for (int64_t i = full * 8; i < hw; ++i) acc += element(i, derivative(i));
+  return acc;
+}
+
+template <typename scalar_t, Act A, Aux K, bool kGi, bool kV>
 void adjoint_gate_kernel(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, double scale,
                          const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad) {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -81,8 +127,8 @@ void adjoint_gate_kernel(const at::Tensor& lam, const at::Tensor& gi, const at::
   const int64_t hw = lam.size(2) * lam.size(3);
   const int64_t mbytes = mask_bytes(hw);
   const scalar_t* lamp = lam.const_data_ptr<scalar_t>();
-  const scalar_t* gip = ptr_or_null<scalar_t>(gi);
-  scalar_t* vp = mut_ptr_or_null<scalar_t>(v_out);
+  const scalar_t* gip = kGi ? gi.const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* vp = kV ? v_out.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* gp = g_out.mutable_data_ptr<scalar_t>();
   const uint8_t* maskp = K == Aux::Mask ? aux.const_data_ptr<uint8_t>() : nullptr;
   const scalar_t* valp = K == Aux::Value ? aux.const_data_ptr<scalar_t>() : nullptr;
@@ -93,26 +139,9 @@ void adjoint_gate_kernel(const at::Tensor& lam, const at::Tensor& gi, const at::
   at::parallel_for(0, B * C, plane_grain(hw), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t off = p * hw;
-      opmath_t acc = 0;
-      for (int64_t j = 0; j < mbytes; ++j) {
-        const int64_t i0 = off + 8 * j;
-        const int cnt = static_cast<int>(std::min<int64_t>(8, hw - 8 * j));
-        const opmath_t* drow = K == Aux::Mask ? table + 8 * maskp[p * mbytes + j] : nullptr;
-        for (int t = 0; t < cnt; ++t) {
-          const int64_t i = i0 + t;
-          opmath_t v = static_cast<opmath_t>(lamp[i]);
-          if (gip) v += static_cast<opmath_t>(gip[i]);
-          opmath_t d;
-          if constexpr (K == Aux::Mask) d = drow[t];
-          else if constexpr (K == Aux::Value) d = Activation<A>::df_value(static_cast<opmath_t>(valp[i]));
-          else d = opmath_t(1);
-          const opmath_t g = s * d * v;
-          if (vp) vp[i] = static_cast<scalar_t>(v);
-          gp[i] = static_cast<scalar_t>(g);
-          acc += g;
-        }
-      }
-      plane_sums[p] = acc;
+      plane_sums[p] = adjoint_gate_plane<scalar_t, A, K, kGi, kV>(
+          lamp + off, kGi ? gip + off : nullptr, K == Aux::Mask ? maskp + p * mbytes : nullptr,
+          K == Aux::Value ? valp + off : nullptr, table, kV ? vp + off : nullptr, gp + off, hw, s);
     }
   });
   std::vector<opmath_t> channel(C, opmath_t(0));
@@ -126,22 +155,38 @@ void adjoint_gate_kernel(const at::Tensor& lam, const at::Tensor& gi, const at::
 
 void single_update_cpu(const at::Tensor& u, const at::Tensor& z, double h, Act act, Aux aux_kind,
                        const at::Tensor& u_next, const at::Tensor& aux_out) {
+  const bool out = u_next.defined(), mask = aux_kind == Aux::Mask && aux_out.defined(),
+             value = aux_kind == Aux::Value && aux_out.defined();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, u.scalar_type(), "contres_single_update_cpu", [&] {
     dispatch_activation(act, [&](auto tag) {
-      single_update_kernel<scalar_t, decltype(tag)::value>(u, z, h, aux_kind, u_next, aux_out);
+      constexpr Act A = decltype(tag)::value;
+      if (out && mask) single_update_kernel<scalar_t, A, true, true, false>(u, z, h, u_next, aux_out);
+      else if (out && value) single_update_kernel<scalar_t, A, true, false, true>(u, z, h, u_next, aux_out);
+      else if (out) single_update_kernel<scalar_t, A, true, false, false>(u, z, h, u_next, aux_out);
+      else if (mask) single_update_kernel<scalar_t, A, false, true, false>(u, z, h, u_next, aux_out);
+      else if (value) single_update_kernel<scalar_t, A, false, false, true>(u, z, h, u_next, aux_out);
     });
   });
 }
 
 void adjoint_gate_cpu(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
                       double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad) {
+  TORCH_CHECK(v_out.defined() == gi.defined(), "contres: adjoint_gate writes v exactly when gi is given");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, lam.scalar_type(), "contres_adjoint_gate_cpu", [&] {
     dispatch_activation(act, [&](auto tag) {
       constexpr Act A = decltype(tag)::value;
+      auto run = [&](auto kind, auto with_gi) {
+        adjoint_gate_kernel<scalar_t, A, decltype(kind)::value, decltype(with_gi)::value,
+                            decltype(with_gi)::value>(lam, gi, aux, scale, v_out, g_out, bias_grad);
+      };
+      auto by_gi = [&](auto kind) {
+        if (gi.defined()) run(kind, std::true_type{});
+        else run(kind, std::false_type{});
+      };
       switch (aux_kind) {
-        case Aux::Mask: adjoint_gate_kernel<scalar_t, A, Aux::Mask>(lam, gi, aux, scale, v_out, g_out, bias_grad); break;
-        case Aux::Value: adjoint_gate_kernel<scalar_t, A, Aux::Value>(lam, gi, aux, scale, v_out, g_out, bias_grad); break;
-        default: adjoint_gate_kernel<scalar_t, A, Aux::None>(lam, gi, aux, scale, v_out, g_out, bias_grad); break;
+        case Aux::Mask: by_gi(std::integral_constant<Aux, Aux::Mask>{}); break;
+        case Aux::Value: by_gi(std::integral_constant<Aux, Aux::Value>{}); break;
+        default: by_gi(std::integral_constant<Aux, Aux::None>{}); break;
       }
     });
   });

@@ -1,0 +1,333 @@
+"""Train a ContinuousResNet classifier: ``python -m contres.train [options]``.
+
+By default on scikit-learn's handwritten digits (1797 real 8x8 images shipped with scikit-learn, no download;
+a fixed stratified 80/20 split), or ``--dataset cifar10 --data-dir DIR`` on a local torchvision-format CIFAR-10.
+Softmax cross-entropy plus ``--smoothness-weight`` times the controls' time-smoothness regulariser, Adam with a
+cosine learning-rate decay. Under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel (gloo
+on the CPU, nccl on CUDA): ``--batch-size`` is the global batch, each process takes its share of every batch
+from its shard of the data, and only rank 0 prints and writes.
+
+``run(config)`` is the training function (contres.sweep calls it); ``default_config(**overrides)`` makes a config.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from . import functional
+from .models import NORMS, ContinuousResNet
+from .reference import ACTIVATIONS, INTERPS, LAYERS
+
+DATASETS = ("digits", "cifar10")
+SPLIT_SEED = 0  # the digits train/test split never changes with --seed, so runs are comparable
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m contres.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default="digits")
+    data.add_argument("--data-dir", default=None,
+                      help="folder holding torchvision's cifar-10-batches-py (cifar10 only; never downloads)")
+    model = p.add_argument_group("model")
+    model.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64], help="channels of each stage")
+    model.add_argument("--n-steps", type=int, default=4, help="Euler steps (state layers) per ODE block")
+    model.add_argument("--n-controls", type=int, default=None, help="controls (weight layers) per block "
+                       "(default: n_steps)")
+    model.add_argument("--T", type=float, default=1.0, help="final time of each ODE block")
+    model.add_argument("--layer", choices=LAYERS, default="single")
+    model.add_argument("--activation", choices=ACTIVATIONS, default="relu")
+    model.add_argument("--interp", choices=INTERPS, default="constant")
+    model.add_argument("--norm", choices=NORMS, default="batch")
+    model.add_argument("--gradient", choices=functional.GRADIENTS, default="discrete")
+    model.add_argument("--backend", choices=functional.BACKENDS, default="auto")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=12)
+    opt.add_argument("--batch-size", type=int, default=64, help="global batch size (split across processes)")
+    opt.add_argument("--lr", type=float, default=1e-2, help="peak Adam learning rate (cosine decay to 0)")
+    opt.add_argument("--weight-decay", type=float, default=0.0)
+    opt.add_argument("--smoothness-weight", type=float, default=0.0,
+                     help="weight of the controls' time-smoothness regulariser in the loss")
+    opt.add_argument("--seed", type=int, default=0)
+    run = p.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (cuda when available)")
+    run.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON here")
+    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return p
+
+
+def default_config(**overrides) -> argparse.Namespace:
+    """The command's defaults with some replaced (keys as in the Namespace, e.g. n_steps=2)."""
+    config = build_parser().parse_args([])
+    unknown = set(overrides) - set(vars(config))
+    if unknown:
+        raise TypeError(f"unknown training options: {sorted(unknown)}")
+    vars(config).update(overrides)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class Data:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_x.shape[1]
+
+
+def load_digits() -> Data:
+    """scikit-learn's 8x8 digits, scaled to zero mean and unit variance with the training set's statistics."""
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as exc:
+        raise SystemExit(f"the digits dataset needs scikit-learn ({exc}); `pip install scikit-learn` "
+                         "(or `pip install contres[train]`)") from None
+    digits = sk_load_digits()
+    x_train, x_test, y_train, y_test = train_test_split(digits.images, digits.target, test_size=0.2,
+                                                        stratify=digits.target, random_state=SPLIT_SEED)
+    x_train, x_test = (torch.tensor(a, dtype=torch.float32).unsqueeze(1) for a in (x_train, x_test))
+    mean, std = x_train.mean(), x_train.std()
+    return Data((x_train - mean) / std, torch.tensor(y_train), (x_test - mean) / std, torch.tensor(y_test), 10)
+
+
+def load_cifar10(data_dir) -> Data:
+    """CIFAR-10 from a local torchvision-format folder (DIR/cifar-10-batches-py), normalised per channel."""
+    if data_dir is None:
+        raise SystemExit("--dataset cifar10 needs --data-dir DIR, a folder holding torchvision's "
+                         "cifar-10-batches-py (this command never downloads)")
+    folder = Path(data_dir) / "cifar-10-batches-py"
+    if not folder.is_dir():
+        raise SystemExit(f"CIFAR-10 not found: {folder} does not exist. Put torchvision's CIFAR-10 there, e.g. "
+                         f"`torchvision.datasets.CIFAR10({str(data_dir)!r}, download=True)` on a machine with "
+                         "network access (this command never downloads)")
+    try:
+        from torchvision.datasets import CIFAR10
+    except ImportError as exc:
+        raise SystemExit(f"--dataset cifar10 needs torchvision ({exc}); `pip install torchvision` matching your "
+                         "torch") from None
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+
+    def tensors(train: bool):
+        ds = CIFAR10(str(data_dir), train=train, download=False)
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float().div_(255)
+        return (x - mean) / std, torch.tensor(ds.targets)
+
+    (train_x, train_y), (test_x, test_y) = tensors(True), tensors(False)
+    return Data(train_x, train_y, test_x, test_y, 10)
+
+
+def load_data(config) -> Data:
+    return load_cifar10(config.data_dir) if config.dataset == "cifar10" else load_digits()
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1), else a single process.
+
+    gloo on the CPU, nccl on CUDA with one GPU per process (cuda:LOCAL_RANK)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Dist(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size()), device
+
+
+def wrap_model(model: torch.nn.Module, ctx: Dist, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel in a process group, the model itself otherwise."""
+    if ctx.world_size == 1:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def all_reduce_sum(values: list[float], ctx: Dist, device: torch.device) -> list[float]:
+    if ctx.world_size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def build_model(config, in_channels: int, num_classes: int) -> ContinuousResNet:
+    return ContinuousResNet(in_channels, num_classes, widths=config.widths, n_steps=config.n_steps,
+                            n_controls=config.n_controls, layer=config.layer, activation=config.activation,
+                            interp=config.interp, backend=config.backend, T=config.T, gradient=config.gradient,
+                            norm=config.norm)
+
+
+def compute_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 smoothness_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total loss, cross-entropy): mean softmax cross-entropy + weight * the controls' smoothness.
+
+    model may be wrapped in DistributedDataParallel; the regulariser is taken from the module inside."""
+    ce = F.cross_entropy(model(images), labels)
+    if smoothness_weight == 0:
+        return ce, ce
+    inner = getattr(model, "module", model)
+    return ce + smoothness_weight * inner.smoothness(), ce
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+             batch_size: int = 1000) -> float:
+    """Accuracy in [0, 1]; every process evaluates the whole test set (it is small next to training)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size].to(device))
+        correct += (logits.argmax(1).cpu() == y[i:i + batch_size]).sum().item()
+    model.train(was_training)
+    return correct / len(x)
+
+
+def _local_batch_size(config, ctx: Dist) -> int:
+    if config.batch_size % ctx.world_size:
+        raise SystemExit(f"--batch-size {config.batch_size} must be a multiple of the number of processes "
+                         f"({ctx.world_size})")
+    return config.batch_size // ctx.world_size
+
+
+def _progress(iterable, *, enabled: bool, desc: str, total: int):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+
+def run(config, data: Data | None = None, log=print) -> dict:
+    """Train as `config` says (a Namespace from build_parser/default_config) and return the results.
+
+    Returns test_accuracy, train_loss (mean cross-entropy of the last epoch), seconds (training and evaluation),
+    params, loss_curve and test_accuracy_curve (per epoch), backend, device, world_size and the config.
+    Only rank 0 logs; every rank returns the same numbers.
+    """
+    device = resolve_device(config.device)
+    ctx, device = init_distributed(device)
+    data = data if data is not None else load_data(config)
+    torch.manual_seed(config.seed)  # the same initial model in every process
+    model = build_model(config, data.in_channels, data.num_classes).to(device)
+    backend = functional.resolve_backend(config.backend, device)
+    n_params = sum(p.numel() for p in model.parameters())
+    net = wrap_model(model, ctx, device)
+
+    sampler = DistributedSampler(TensorDataset(data.train_x, data.train_y), num_replicas=ctx.world_size,
+                                 rank=ctx.rank, shuffle=True, seed=config.seed)
+    loader = DataLoader(TensorDataset(data.train_x, data.train_y), batch_size=_local_batch_size(config, ctx),
+                        sampler=sampler, drop_last=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * len(loader)))
+
+    show = config.progress and ctx.is_main
+    if ctx.is_main:
+        log(f"contres.train: {config.dataset} ({len(data.train_x)} train / {len(data.test_x)} test), "
+            f"{n_params} parameters, backend {backend}, device {device}, {ctx.world_size} process(es)")
+    loss_curve, acc_curve = [], []
+    start = time.perf_counter()
+    for epoch in range(config.epochs):
+        sampler.set_epoch(epoch)
+        net.train()
+        loss_sum, count = 0.0, 0
+        bar = _progress(loader, enabled=show, desc=f"epoch {epoch + 1}/{config.epochs}", total=len(loader))
+        for images, labels in bar:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            loss, ce = compute_loss(net, images, labels, config.smoothness_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += ce.item() * len(labels)
+            count += len(labels)
+            if show:
+                bar.set_postfix(loss=f"{loss_sum / count:.4f}")
+        loss_sum, count = all_reduce_sum([loss_sum, count], ctx, device)
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"the training loss diverged in epoch {epoch + 1}; lower --lr")
+        loss_curve.append(loss_sum / count)
+        acc_curve.append(evaluate(model, data.test_x, data.test_y, device))
+        if ctx.is_main and config.progress:
+            log(f"epoch {epoch + 1:3d}/{config.epochs}  loss {loss_curve[-1]:.4f}  "
+                f"test accuracy {100 * acc_curve[-1]:.2f} %  {time.perf_counter() - start:.1f} s")
+    seconds = time.perf_counter() - start
+    return {"test_accuracy": acc_curve[-1] if acc_curve else evaluate(model, data.test_x, data.test_y, device),
+            "train_loss": loss_curve[-1] if loss_curve else math.nan, "seconds": seconds,
+            "seconds_per_epoch": seconds / max(1, config.epochs), "params": n_params,
+            "loss_curve": loss_curve, "test_accuracy_curve": acc_curve, "backend": backend,
+            "device": str(device), "world_size": ctx.world_size,
+            "config": {k: v for k, v in vars(config).items() if k not in ("json", "progress")}}
+
+
+def summary(result: dict) -> str:
+    return (f"test accuracy {100 * result['test_accuracy']:.2f} %  train loss {result['train_loss']:.4f}  "
+            f"{result['seconds_per_epoch']:.2f} s/epoch ({result['seconds']:.1f} s)  "
+            f"backend {result['backend']}  device {result['device']}  processes {result['world_size']}  "
+            f"params {result['params']}")
+
+
+def write_json(path, payload) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def main(argv=None) -> dict:
+    config = build_parser().parse_args(argv)
+    result = run(config)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(summary(result))
+        if config.json:
+            write_json(config.json, result)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
