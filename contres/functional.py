@@ -91,6 +91,17 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "fused"
 
 
+def _autocast_inputs(x, weight, bias):
+    """Under torch.autocast the block runs in the autocast dtype, like the convolutions it is made of
+    (the fused kernels accumulate in float); the casts are differentiable, so the parameter gradients
+    come back in the parameters' dtype."""
+    if not isinstance(x, torch.Tensor) or not torch.is_autocast_enabled(x.device.type):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(x.device.type)
+    cast = [t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in (x, weight, bias)]
+    return tuple(cast)
+
+
 def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: float = 1.0, n_steps: int,
               layer: str = "single", activation: str = "relu", interp: str = "constant", backend: str = "auto",
               checkpoint=False, gradient: str = "discrete") -> torch.Tensor:
@@ -106,6 +117,7 @@ def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: f
     O(h) approximation for comparisons, computed with the reference step function whatever the backend, and
     ignoring checkpoint).
     """
+    x, weight, bias = _autocast_inputs(x, weight, bias)
     validate(x, weight, bias, T=T, n_steps=n_steps, layer=layer, activation=activation, interp=interp,
              backend=backend)
     _check_choice("gradient", gradient, GRADIENTS)

@@ -1,0 +1,111 @@
+"""CUDA-only checks: agreement with the fused CPU op, autocast, streams, and the issue's GPU shapes.
+
+The device-parametrised tests elsewhere cover fused-vs-reference, gradcheck, opcheck and torch.compile on CUDA;
+everything here needs a GPU and is skipped (with the reason shown) without one.
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import contres
+from conftest import CUDA_OK, CUDA_SKIP_REASON, assert_close_rel, make_inputs, random_like, run_block, tol_for
+
+pytestmark = pytest.mark.skipif(not CUDA_OK, reason=CUDA_SKIP_REASON)
+
+
+@pytest.fixture(autouse=True)
+def _exact_float32():
+    """cuDNN uses TF32 for float32 convolutions by default; compare the maths in full float32."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.mark.parametrize("layer,activation", list(itertools.product(
+    ("single", "double_sym"), ("identity", "relu", "leaky_relu", "tanh", "sigmoid"))))
+@pytest.mark.parametrize("checkpoint", [False, 2])
+def test_cuda_matches_fused_cpu(layer, activation, checkpoint):
+    kw = dict(T=0.9, n_steps=5, layer=layer, activation=activation, interp="linear", backend="fused",
+              checkpoint=checkpoint)
+    x, w, b = make_inputs(B=3, C=4, H=7, W=9, M=3, dtype=torch.float64)
+    g = random_like(x)
+    y_cpu, grads_cpu = run_block(x, w, b, g, **kw)
+    xc, wc, bc = (t.detach().cuda().requires_grad_() for t in (x, w, b))
+    y_gpu, grads_gpu = run_block(xc, wc, bc, g.cuda(), **kw)
+    assert_close_rel(y_gpu, y_cpu, 1e-12, "output")
+    for name, a, r in zip(("x", "weight", "bias"), grads_gpu, grads_cpu):
+        assert_close_rel(a, r, 1e-11, f"grad {name}")
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 28, 28), (4, 8, 32, 32), (3, 5, 7, 13)], ids=str)
+@pytest.mark.parametrize("layer,activation", [("single", "relu"), ("double_sym", "tanh"), ("single", "sigmoid")])
+def test_cuda_float32_vs_reference(shape, layer, activation):
+    B, C, H, W = shape
+    x, w, b = make_inputs(B=B, C=C, H=H, W=W, M=4, dtype=torch.float32, device="cuda")
+    g = random_like(x)
+    kw = dict(T=1.0, n_steps=8, layer=layer, activation=activation)
+    y, grads = run_block(x, w, b, g, backend="fused", **kw)
+    y_ref, grads_ref = run_block(x, w, b, g, backend="reference", **kw)
+    assert_close_rel(y, y_ref, tol_for(torch.float32), "output")
+    for name, a, r in zip(("x", "weight", "bias"), grads, grads_ref):
+        assert_close_rel(a, r, tol_for(torch.float32, grad=True), f"grad {name}")
+
+
+@pytest.mark.parametrize("amp_dtype,tol", [(torch.bfloat16, 3e-2), (torch.float16, 5e-3)], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("layer,activation", [("single", "relu"), ("double_sym", "tanh")])
+def test_autocast_runs_fused_in_half_precision(amp_dtype, tol, layer, activation):
+    x, w, b = make_inputs(B=4, C=8, H=16, W=16, M=4, dtype=torch.float32, device="cuda")
+    g = random_like(x)
+    kw = dict(T=1.0, n_steps=4, layer=layer, activation=activation)
+    y_ref, grads_ref = run_block(x, w, b, g, backend="reference", **kw)
+    with torch.autocast("cuda", dtype=amp_dtype):
+        y = contres.functional.ode_block(x, w, b, backend="fused", **kw)
+    assert y.dtype == amp_dtype
+    grads = torch.autograd.grad(y, (x, w, b), g.to(amp_dtype))
+    assert [t.dtype for t in grads] == [torch.float32] * 3, "gradients come back in the parameters' dtype"
+    assert_close_rel(y, y_ref, tol, "output")
+    for name, a, r in zip(("x", "weight", "bias"), grads, grads_ref):
+        assert_close_rel(a, r, 5 * tol, f"grad {name}")
+
+
+def test_non_default_stream():
+    x, w, b = make_inputs(B=4, C=8, H=16, W=16, M=2, dtype=torch.float32, device="cuda")
+    g = random_like(x)
+    kw = dict(T=1.0, n_steps=6, layer="single", activation="relu", backend="fused")
+    y0, grads0 = run_block(x, w, b, g, **kw)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        y1, grads1 = run_block(x, w, b, g, **kw)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    assert torch.equal(y0, y1)
+    for a, r in zip(grads0, grads1):
+        assert torch.equal(a, r)
+
+
+def test_bias_gradient_is_deterministic():
+    x, w, b = make_inputs(B=8, C=16, H=32, W=32, M=2, dtype=torch.float32, device="cuda")
+    g = random_like(x)
+    kw = dict(T=1.0, n_steps=4, layer="single", activation="relu", backend="fused")
+    first = run_block(x, w, b, g, **kw)[1][2]
+    for _ in range(3):
+        assert torch.equal(run_block(x, w, b, g, **kw)[1][2], first)
+
+
+def test_odeblock_cuda_module_and_compile():
+    torch._dynamo.reset()
+    block = contres.ODEBlock(8, n_steps=4, n_controls=2, interp="linear", backend="fused").cuda()
+    x = torch.randn(2, 8, 12, 12, device="cuda", requires_grad=True)
+    compiled = torch.compile(block, fullgraph=True)
+    y_eager = block(x)
+    y_comp = compiled(x)
+    assert_close_rel(y_comp, y_eager, 1e-5, "compiled output")
+    g_eager = torch.autograd.grad(y_eager.square().sum(), (x, block.weight))
+    g_comp = torch.autograd.grad(y_comp.square().sum(), (x, block.weight))
+    for a, r in zip(g_comp, g_eager):
+        assert_close_rel(a, r, 1e-5, "compiled gradient")
