@@ -5,6 +5,7 @@ import torch
 
 _C = None
 LOAD_ERROR: str | None = None
+_BUILD_INFO: dict = {}
 
 try:
     from contres import _C  # noqa: F811  (registers torch.ops.contres.*)
@@ -17,6 +18,9 @@ else:
         LOAD_ERROR = (f"contres._C was built against torch {_built} but torch {torch.__version__} is installed; "
                       "rebuild with `pip install --no-build-isolation -e .`")
         _C = None
+    else:
+        # Read once: torch.compile cannot trace into the pybind function, and it never changes.
+        _BUILD_INFO = dict(_C.build_info())
 
 
 def available() -> bool:
@@ -29,9 +33,8 @@ def build_info() -> dict:
     if _C is None:
         return {"cpu_kernels": False, "cuda_kernels": False, "torch_version": None, "cuda_version": None,
                 "cuda_archs": None, "load_error": LOAD_ERROR}
-    return dict(_C.build_info())
+    return dict(_BUILD_INFO)
 
 
 def has_kernels(device_type: str) -> bool:
-    info = build_info()
-    return bool(info.get(f"{device_type}_kernels", False))
+    return bool(_BUILD_INFO.get(f"{device_type}_kernels", False))

@@ -95,7 +95,8 @@ def _autocast_inputs(x, weight, bias):
     """Under torch.autocast the block runs in the autocast dtype, like the convolutions it is made of
     (the fused kernels accumulate in float); the casts are differentiable, so the parameter gradients
     come back in the parameters' dtype."""
-    if not isinstance(x, torch.Tensor) or not torch.is_autocast_enabled(x.device.type):
+    if (not isinstance(x, torch.Tensor) or not torch.amp.is_autocast_available(x.device.type)
+            or not torch.is_autocast_enabled(x.device.type)):
         return x, weight, bias
     dtype = torch.get_autocast_dtype(x.device.type)
     cast = [t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in (x, weight, bias)]

@@ -35,6 +35,7 @@ struct Activation;
 template <>
 struct Activation<Act::Identity> {
   template <typename T> C10_HOST_DEVICE static T f(T z) { return z; }
+  template <typename T> C10_HOST_DEVICE static bool mask_bit(T) { return true; }
   template <typename T> C10_HOST_DEVICE static T df_sign(bool) { return T(1); }
   template <typename T> C10_HOST_DEVICE static T df_value(T) { return T(1); }
 };
@@ -42,13 +43,17 @@ struct Activation<Act::Identity> {
 template <>
 struct Activation<Act::Relu> {
   template <typename T> C10_HOST_DEVICE static T f(T z) { return z <= T(0) ? T(0) : z; }  // NaN passes through, like torch.relu
+  // Like torch's threshold_backward, the gradient passes where z (or a) is not <= 0, NaN included.
+  template <typename T> C10_HOST_DEVICE static bool mask_bit(T z) { return !(z <= T(0)); }
   template <typename T> C10_HOST_DEVICE static T df_sign(bool positive) { return positive ? T(1) : T(0); }
-  template <typename T> C10_HOST_DEVICE static T df_value(T a) { return a > T(0) ? T(1) : T(0); }
+  template <typename T> C10_HOST_DEVICE static T df_value(T a) { return !(a <= T(0)) ? T(1) : T(0); }
 };
 
 template <>
 struct Activation<Act::LeakyRelu> {
   template <typename T> C10_HOST_DEVICE static T f(T z) { return z > T(0) ? z : T(kLeakySlope) * z; }
+  // Like torch's leaky_relu_backward: the slope-1 branch is z > 0 (NaN takes the other one).
+  template <typename T> C10_HOST_DEVICE static bool mask_bit(T z) { return z > T(0); }
   template <typename T> C10_HOST_DEVICE static T df_sign(bool positive) { return positive ? T(1) : T(kLeakySlope); }
   // a > 0 exactly when z > 0, so the value carries the sign.
   template <typename T> C10_HOST_DEVICE static T df_value(T a) { return a > T(0) ? T(1) : T(kLeakySlope); }
@@ -57,14 +62,16 @@ struct Activation<Act::LeakyRelu> {
 template <>
 struct Activation<Act::Tanh> {
   template <typename T> C10_HOST_DEVICE static T f(T z) { return ::tanh(z); }
-  template <typename T> C10_HOST_DEVICE static T df_sign(bool) { return T(0); }  // unused: tanh keeps values
+  template <typename T> C10_HOST_DEVICE static bool mask_bit(T) { return false; }  // unused: tanh keeps values
+  template <typename T> C10_HOST_DEVICE static T df_sign(bool) { return T(0); }
   template <typename T> C10_HOST_DEVICE static T df_value(T a) { return T(1) - a * a; }
 };
 
 template <>
 struct Activation<Act::Sigmoid> {
   template <typename T> C10_HOST_DEVICE static T f(T z) { return T(1) / (T(1) + ::exp(-z)); }
-  template <typename T> C10_HOST_DEVICE static T df_sign(bool) { return T(0); }  // unused: sigmoid keeps values
+  template <typename T> C10_HOST_DEVICE static bool mask_bit(T) { return false; }  // unused: sigmoid keeps values
+  template <typename T> C10_HOST_DEVICE static T df_sign(bool) { return T(0); }
   template <typename T> C10_HOST_DEVICE static T df_value(T a) { return a * (T(1) - a); }
 };
 

@@ -244,9 +244,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_backward(const at::Tensor& gr
   } else {
     // Recompute each segment [c, c + s) forward from its saved state, then run its backward steps.
     const int64_t s = p.checkpoint;
+    const int64_t seg_len = std::min(s, p.n_steps);  // a stride beyond n_steps is one segment
     const auto opts = x.options();
-    at::Tensor seg_states = at::empty({std::max<int64_t>(s - 1, 0), p.B, p.C, p.H, p.W}, opts);
-    at::Tensor seg_aux = aux_buffer(p, s, opts);
+    at::Tensor seg_states = at::empty({seg_len - 1, p.B, p.C, p.H, p.W}, opts);
+    at::Tensor seg_aux = aux_buffer(p, seg_len, opts);
     const int64_t last_start = ((p.n_steps - 1) / s) * s;
     for (int64_t c = last_start; c >= 0; c -= s) {
       const int64_t end = std::min(c + s, p.n_steps);

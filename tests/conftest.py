@@ -18,6 +18,11 @@ import contres
 # CONTRES_TEST_THREADS overrides, and test_errors.py::test_multithreaded_kernels runs the parallel paths.
 torch.set_num_threads(int(os.environ.get("CONTRES_TEST_THREADS", "1")))
 
+# TF32 convolutions (on by default for cuDNN on Ampere+) round float32 to 10 mantissa bits; the fused op and
+# the reference may pick different conv algorithms, so the float32 tolerance below assumes true float32.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 BUILD_INFO = contres.build_info()
 HAS_CUDA_GPU = torch.cuda.is_available()
 HAS_CUDA_KERNELS = bool(BUILD_INFO.get("cuda_kernels"))

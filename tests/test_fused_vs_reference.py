@@ -14,8 +14,8 @@ import torch
 
 import contres
 from contres import reference
-from conftest import (ACTIVATIONS, INTERPS, LAYERS, assert_close_rel, make_inputs, random_like, rel_err, run_block,
-                      tol_for)
+from conftest import (ACTIVATIONS, INTERPS, LAYERS, assert_close_rel, make_inputs, random_like, rel_err,
+                      run_block, tol_for)
 
 
 def compare(device, dtype, *, B, C, H, W, N, M, k, layer, activation, interp, checkpoint=False, T=1.0, seed=0,
@@ -112,6 +112,20 @@ def test_upstream_grad_through_non_contiguous_states(device):
         outs.append(torch.autograd.grad(loss, (x, w, b)))
     for gf, gr in zip(outs[1], outs[0]):
         assert_close_rel(gf, gr, tol_for(torch.float64, grad=True))
+
+
+@pytest.mark.parametrize("layer,activation,checkpoint", [("single", "relu", False), ("double_sym", "tanh", 2)])
+def test_fused_is_deterministic_cpu(layer, activation, checkpoint):
+    """Two identical calls give bit-identical outputs and gradients on the CPU (the bias-grad reduction is
+    ordered; oneDNN convolutions are deterministic for a fixed thread count)."""
+    x, w, b = make_inputs(2, 4, 9, 7, 3, 3, dtype=torch.float32, seed=17)
+    kw = dict(T=1.0, n_steps=5, layer=layer, activation=activation, interp="linear", backend="fused",
+              checkpoint=checkpoint)
+    gy = random_like(x)
+    y1, g1 = run_block(x, w, b, gy, **kw)
+    y2, g2 = run_block(x, w, b, gy, **kw)
+    for a, c in zip((y1,) + g1, (y2,) + g2):
+        assert torch.equal(a, c)
 
 
 # ---------------------------------------------------------------------------------------------------------- bf16

@@ -48,7 +48,7 @@ void single_update_plane(const scalar_t* u, const scalar_t* z, scalar_t* out, ui
       for (int t = 0; t < 8; ++t) element(i0 + t);
     if constexpr (kMask) {
       unsigned bits = 0;
-      for (int t = 0; t < 8; ++t) bits |= static_cast<unsigned>(z[i0 + t] > scalar_t(0)) << t;
+      for (int t = 0; t < 8; ++t) bits |= static_cast<unsigned>(Activation<A>::mask_bit(z[i0 + t])) << t;
       mask[j] = static_cast<uint8_t>(bits);
     }
   }
@@ -56,7 +56,7 @@ void single_update_plane(const scalar_t* u, const scalar_t* z, scalar_t* out, ui
     unsigned bits = 0;
     for (int64_t i = full * 8; i < hw; ++i) {
       if constexpr (kOut || kValue) element(i);
-      bits |= static_cast<unsigned>(z[i] > scalar_t(0)) << (i - full * 8);
+      bits |= static_cast<unsigned>(Activation<A>::mask_bit(z[i])) << (i - full * 8);
     }
     if constexpr (kMask) mask[full] = static_cast<uint8_t>(bits);
   }

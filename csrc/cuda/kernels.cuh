@@ -1,0 +1,259 @@
+// Device templates of the fused passes and their typed launchers. Each kernels_<dtype>.cu file instantiates
+// the launchers for its dtypes, so nvcc compiles the dtypes in parallel; kernels.cu dispatches on dtype.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "../kernels.h"
+
+namespace contres {
+namespace cuda_detail {
+
+template <typename T>
+struct alignas(8 * sizeof(T)) Pack8 {
+  T v[8];
+};
+
+template <typename T>
+bool aligned8(const void* p) {
+  return p == nullptr || reinterpret_cast<uintptr_t>(p) % (8 * sizeof(T)) == 0;
+}
+
+// Loads elements [i0, i0 + cnt) of a plane-aligned array into opmath registers.
+template <typename T, bool kVec, typename O>
+__device__ __forceinline__ void load8(const T* p, int64_t i0, int cnt, O (&out)[8]) {
+  if constexpr (kVec) {
+    const Pack8<T> pack = *reinterpret_cast<const Pack8<T>*>(p + i0);
+#pragma unroll
+    for (int t = 0; t < 8; ++t) out[t] = static_cast<O>(pack.v[t]);
+  } else {
+#pragma unroll
+    for (int t = 0; t < 8; ++t) out[t] = t < cnt ? static_cast<O>(p[i0 + t]) : O(0);
+  }
+}
+
+template <typename T, bool kVec, typename O>
+__device__ __forceinline__ void store8(T* p, int64_t i0, int cnt, const O (&in)[8]) {
+  if constexpr (kVec) {
+    Pack8<T> pack;
+#pragma unroll
+    for (int t = 0; t < 8; ++t) pack.v[t] = static_cast<T>(in[t]);
+    *reinterpret_cast<Pack8<T>*>(p + i0) = pack;
+  } else {
+#pragma unroll
+    for (int t = 0; t < 8; ++t)
+      if (t < cnt) p[i0 + t] = static_cast<T>(in[t]);
+  }
+}
+
+struct ChunkIndex {
+  int64_t elem;  // first element of the chunk
+  int64_t byte;  // its mask byte
+  int cnt;       // elements in the chunk (8 except at a plane's end)
+};
+
+__device__ __forceinline__ ChunkIndex chunk_index(int64_t chunk, int64_t hw, int64_t mbytes) {
+  const int64_t plane = chunk / mbytes, j = chunk % mbytes;
+  const int64_t left = hw - 8 * j;
+  return {plane * hw + 8 * j, chunk, static_cast<int>(left < 8 ? left : 8)};
+}
+
+template <typename scalar_t, Act A, bool kOut, bool kMask, bool kValue, bool kVec>
+__global__ void single_update_kernel(const scalar_t* __restrict__ u, const scalar_t* __restrict__ z,
+                                     scalar_t* __restrict__ out, uint8_t* __restrict__ mask,
+                                     scalar_t* __restrict__ val, int64_t chunks, int64_t hw, int64_t mbytes,
+                                     at::opmath_type<scalar_t> h) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  for (int64_t chunk = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; chunk < chunks;
+       chunk += int64_t(gridDim.x) * blockDim.x) {
+    const ChunkIndex c = chunk_index(chunk, hw, mbytes);
+    opmath_t zr[8], a[8];
+    load8<scalar_t, kVec>(z, c.elem, c.cnt, zr);
+#pragma unroll
+    for (int t = 0; t < 8; ++t) a[t] = Activation<A>::f(zr[t]);
+    if constexpr (kValue) store8<scalar_t, kVec>(val, c.elem, c.cnt, a);
+    if constexpr (kOut) {
+      opmath_t ur[8];
+      load8<scalar_t, kVec>(u, c.elem, c.cnt, ur);
+#pragma unroll
+      for (int t = 0; t < 8; ++t) ur[t] += h * a[t];
+      store8<scalar_t, kVec>(out, c.elem, c.cnt, ur);
+    }
+    if constexpr (kMask) {
+      unsigned bits = 0;
+#pragma unroll
+      for (int t = 0; t < 8; ++t) bits |= static_cast<unsigned>(t < c.cnt && Activation<A>::mask_bit(zr[t])) << t;
+      mask[c.byte] = static_cast<uint8_t>(bits);
+    }
+  }
+}
+
+constexpr int kGateThreads = 256;
+
+// One block per plane: g = scale * act' * (lam [+ gi]), v written when asked, plane sum of g to partial[plane].
+template <typename scalar_t, Act A, Aux K, bool kGi, bool kVec>
+__global__ void adjoint_gate_kernel(const scalar_t* __restrict__ lam, const scalar_t* gi,
+                                    const uint8_t* __restrict__ mask, const scalar_t* __restrict__ val,
+                                    scalar_t* v_out, scalar_t* g_out, at::opmath_type<scalar_t>* __restrict__ partial,
+                                    int64_t hw, int64_t mbytes, at::opmath_type<scalar_t> scale) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t plane = blockIdx.x;
+  opmath_t acc = 0;
+  for (int64_t j = threadIdx.x; j < mbytes; j += blockDim.x) {
+    const ChunkIndex c = chunk_index(plane * mbytes + j, hw, mbytes);
+    opmath_t v[8], d[8], g[8];
+    load8<scalar_t, kVec>(lam, c.elem, c.cnt, v);
+    if constexpr (kGi) {
+      opmath_t add[8];
+      load8<scalar_t, kVec>(gi, c.elem, c.cnt, add);
+#pragma unroll
+      for (int t = 0; t < 8; ++t) v[t] += add[t];
+      store8<scalar_t, kVec>(v_out, c.elem, c.cnt, v);
+    }
+    if constexpr (K == Aux::Mask) {
+      const unsigned bits = mask[c.byte];
+#pragma unroll
+      for (int t = 0; t < 8; ++t) d[t] = Activation<A>::template df_sign<opmath_t>((bits >> t) & 1u);
+    } else if constexpr (K == Aux::Value) {
+      load8<scalar_t, kVec>(val, c.elem, c.cnt, d);
+#pragma unroll
+      for (int t = 0; t < 8; ++t) d[t] = Activation<A>::df_value(d[t]);
+    } else {
+#pragma unroll
+      for (int t = 0; t < 8; ++t) d[t] = opmath_t(1);
+    }
+#pragma unroll
+    for (int t = 0; t < 8; ++t) {
+      g[t] = scale * d[t] * v[t];
+      acc += t < c.cnt ? g[t] : opmath_t(0);
+    }
+    store8<scalar_t, kVec>(g_out, c.elem, c.cnt, g);
+  }
+  // Block reduction: warp shuffles, then one value per warp in shared memory.
+  for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
+  __shared__ opmath_t warp_sums[kGateThreads / 32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warp_sums[warp] = acc;
+  __syncthreads();
+  if (warp == 0) {
+    acc = lane < (blockDim.x + 31) / 32 ? warp_sums[lane] : opmath_t(0);
+    for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
+    if (lane == 0) partial[plane] = acc;
+  }
+}
+
+// bias_grad[c] = sum_b partial[b * C + c], in a fixed order.
+template <typename scalar_t>
+__global__ void channel_sum_kernel(const at::opmath_type<scalar_t>* __restrict__ partial, scalar_t* __restrict__ out,
+                                   int64_t B, int64_t C) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  at::opmath_type<scalar_t> acc = 0;
+  for (int64_t b = 0; b < B; ++b) acc += partial[b * C + c];
+  out[c] = static_cast<scalar_t>(acc);
+}
+
+inline int64_t grid_for(int64_t work, int threads) {
+  return std::max<int64_t>(1, std::min<int64_t>((work + threads - 1) / threads, int64_t(1) << 20));
+}
+
+template <typename scalar_t>
+void single_update_launch(const at::Tensor& u, const at::Tensor& z, double h, Act act, Aux aux_kind,
+                          const at::Tensor& u_next, const at::Tensor& aux_out) {
+  const bool out = u_next.defined(), mask = aux_kind == Aux::Mask && aux_out.defined(),
+             value = aux_kind == Aux::Value && aux_out.defined();
+  if (!out && !mask && !value) return;
+  const int64_t hw = u.size(2) * u.size(3), mbytes = mask_bytes(hw);
+  const int64_t chunks = u.size(0) * u.size(1) * mbytes;
+  constexpr int threads = 256;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const scalar_t* up = u.const_data_ptr<scalar_t>();
+  const scalar_t* zp = z.const_data_ptr<scalar_t>();
+  scalar_t* outp = out ? u_next.mutable_data_ptr<scalar_t>() : nullptr;
+  uint8_t* maskp = mask ? aux_out.mutable_data_ptr<uint8_t>() : nullptr;
+  scalar_t* valp = value ? aux_out.mutable_data_ptr<scalar_t>() : nullptr;
+  const bool vec = hw % 8 == 0 && aligned8<scalar_t>(up) && aligned8<scalar_t>(zp) && aligned8<scalar_t>(outp) &&
+                   aligned8<scalar_t>(valp);
+  const auto hh = static_cast<at::opmath_type<scalar_t>>(h);
+  dispatch_activation(act, [&](auto tag) {
+    constexpr Act A = decltype(tag)::value;
+    auto launch = [&](auto o, auto m, auto v, auto vec_tag) {
+      single_update_kernel<scalar_t, A, decltype(o)::value, decltype(m)::value, decltype(v)::value,
+                           decltype(vec_tag)::value>
+          <<<grid_for(chunks, threads), threads, 0, stream>>>(up, zp, outp, maskp, valp, chunks, hw, mbytes, hh);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    auto by_vec = [&](auto o, auto m, auto v) {
+      if (vec) launch(o, m, v, std::true_type{});
+      else launch(o, m, v, std::false_type{});
+    };
+    using T_ = std::true_type;
+    using F_ = std::false_type;
+    if (out && mask) by_vec(T_{}, T_{}, F_{});
+    else if (out && value) by_vec(T_{}, F_{}, T_{});
+    else if (out) by_vec(T_{}, F_{}, F_{});
+    else if (mask) by_vec(F_{}, T_{}, F_{});
+    else by_vec(F_{}, F_{}, T_{});
+  });
+}
+
+template <typename scalar_t>
+void adjoint_gate_launch(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
+                         double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t B = lam.size(0), C = lam.size(1), hw = lam.size(2) * lam.size(3), mbytes = mask_bytes(hw);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const int threads = static_cast<int>(std::min<int64_t>(kGateThreads, std::max<int64_t>(32, (mbytes + 31) / 32 * 32)));
+  const at::Tensor partial = at::empty({B * C}, lam.options().dtype(c10::CppTypeToScalarType<opmath_t>::value));
+  const scalar_t* lamp = lam.const_data_ptr<scalar_t>();
+  const scalar_t* gip = gi.defined() ? gi.const_data_ptr<scalar_t>() : nullptr;
+  const uint8_t* maskp = aux_kind == Aux::Mask ? aux.const_data_ptr<uint8_t>() : nullptr;
+  const scalar_t* valp = aux_kind == Aux::Value ? aux.const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* vp = v_out.defined() ? v_out.mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* gp = g_out.mutable_data_ptr<scalar_t>();
+  const bool vec = hw % 8 == 0 && aligned8<scalar_t>(lamp) && aligned8<scalar_t>(gip) && aligned8<scalar_t>(valp) &&
+                   aligned8<scalar_t>(vp) && aligned8<scalar_t>(gp);
+  const auto s = static_cast<opmath_t>(scale);
+  dispatch_activation(act, [&](auto tag) {
+    constexpr Act A = decltype(tag)::value;
+    auto launch = [&](auto kind, auto with_gi, auto vec_tag) {
+      adjoint_gate_kernel<scalar_t, A, decltype(kind)::value, decltype(with_gi)::value, decltype(vec_tag)::value>
+          <<<B * C, threads, 0, stream>>>(lamp, gip, maskp, valp, vp, gp, partial.mutable_data_ptr<opmath_t>(), hw,
+                                          mbytes, s);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    auto by_vec = [&](auto kind, auto with_gi) {
+      if (vec) launch(kind, with_gi, std::true_type{});
+      else launch(kind, with_gi, std::false_type{});
+    };
+    auto by_gi = [&](auto kind) {
+      if (gip) by_vec(kind, std::true_type{});
+      else by_vec(kind, std::false_type{});
+    };
+    switch (aux_kind) {
+      case Aux::Mask: by_gi(std::integral_constant<Aux, Aux::Mask>{}); break;
+      case Aux::Value: by_gi(std::integral_constant<Aux, Aux::Value>{}); break;
+      default: by_gi(std::integral_constant<Aux, Aux::None>{}); break;
+    }
+  });
+  channel_sum_kernel<scalar_t><<<grid_for(C, 128), 128, 0, stream>>>(partial.const_data_ptr<opmath_t>(),
+                                                                    bias_grad.mutable_data_ptr<scalar_t>(), B, C);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+#define CONTRES_INSTANTIATE_LAUNCHERS(T)                                                                          \
+  template void single_update_launch<T>(const at::Tensor&, const at::Tensor&, double, Act, Aux, const at::Tensor&, \
+                                        const at::Tensor&);                                                        \
+  template void adjoint_gate_launch<T>(const at::Tensor&, const at::Tensor&, const at::Tensor&, Aux, Act, double,  \
+                                       const at::Tensor&, const at::Tensor&, const at::Tensor&);
+
+}  // namespace cuda_detail
+}  // namespace contres
