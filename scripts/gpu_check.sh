@@ -2,7 +2,8 @@
 # The one command for the GPU machine: build in place with the machine's torch, run the CUDA tests,
 # compute-sanitizer on a tiny case, and the CUDA benchmark. Every log goes under $OUT. Budget: < 8 minutes.
 #   usage: bash scripts/gpu_check.sh            (OUT defaults to /tmp/contres-gpu)
-#   GPU_CHECK_SKIP=tests,sanitizer,bench        skip parts on a rerun
+#   GPU_CHECK_SKIP=tests,sanitizer,probe,bench  skip parts on a rerun
+# At most 8 files come back from \$OUT: env, build, sanitizer, tests, probe, bench logs, bench.err, bench.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/contres-gpu}"
@@ -20,8 +21,9 @@ stamp "environment"
   nvcc --version | tail -2; } 2>&1 | tee "$OUT/env.log"
 
 stamp "build (CONTRES_CUDA=1, TORCH_CUDA_ARCH_LIST=9.0, MAX_JOBS=16)"
-if ! CONTRES_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 "$PY" -m pip install --no-build-isolation --no-deps -e . \
-    > "$OUT/build.log" 2>&1; then
+export CONTRES_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
+if ! "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 &&
+   ! "$PY" setup.py build_ext --inplace >> "$OUT/build.log" 2>&1; then
   grep -E "error|Error" "$OUT/build.log" | head -40
   stamp "BUILD FAILED (see build.log)"
   exit 1
@@ -32,9 +34,11 @@ if [[ ",$SKIP," != *",sanitizer,"* ]]; then
   for tool in memcheck racecheck; do
     stamp "compute-sanitizer --tool $tool"
     timeout 150 compute-sanitizer --tool "$tool" --kernel-regex kns=contres --error-exitcode 9 \
-      "$PY" scripts/sanitize_case.py > "$OUT/sanitizer_$tool.log" 2>&1
+      "$PY" scripts/sanitize_case.py > "$OUT/sanitizer_$tool.log.tmp" 2>&1
     rc=$?
-    tail -3 "$OUT/sanitizer_$tool.log"
+    { echo "### $tool (exit code $rc)"; cat "$OUT/sanitizer_$tool.log.tmp"; } >> "$OUT/sanitizer.log"
+    rm -f "$OUT/sanitizer_$tool.log.tmp"
+    tail -4 "$OUT/sanitizer.log"
     echo "$tool exit code: $rc"
     [ $rc -eq 0 ] || status=1
   done
@@ -42,11 +46,16 @@ fi
 
 if [[ ",$SKIP," != *",tests,"* ]]; then
   stamp "CUDA tests"
-  timeout 200 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests -k "cuda or Cuda" \
+  timeout 200 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests -k "cuda or Cuda" \
     > "$OUT/tests.log" 2>&1
   rc=$?
   grep -E "passed|failed|error|FAILED|Error" "$OUT/tests.log" | tail -15
   [ $rc -eq 0 ] || status=1
+fi
+
+if [[ ",$SKIP," != *",probe,"* ]]; then
+  stamp "probe: kernel profile and conv layouts"
+  timeout 90 "$PY" scripts/gpu_probe.py > "$OUT/probe.log" 2>&1; tail -60 "$OUT/probe.log" | cut -c1-160
 fi
 
 if [[ ",$SKIP," != *",bench,"* ]]; then
