@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--seed", type=int, default=0)
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (cuda when available)")
+    run.add_argument("--threads", type=int, default=None,
+                     help="CPU threads per process (default: 1 for the digits, whose 8x8 images are too small for "
+                          "intra-op parallelism to pay and which slow down badly on a busy machine; torch's default "
+                          "otherwise)")
     run.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON here")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
@@ -242,6 +246,12 @@ def _progress(iterable, *, enabled: bool, desc: str, total: int):
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
 
+def _threads(config) -> int | None:
+    if config.threads is not None:
+        return config.threads
+    return 1 if config.dataset == "digits" else None
+
+
 def run(config, data: Data | None = None, log=print) -> dict:
     """Train as `config` says (a Namespace from build_parser/default_config) and return the results.
 
@@ -249,6 +259,16 @@ def run(config, data: Data | None = None, log=print) -> dict:
     params, loss_curve and test_accuracy_curve (per epoch), backend, device, world_size and the config.
     Only rank 0 logs; every rank returns the same numbers.
     """
+    threads, previous = _threads(config), torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(config, data, log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(config, data: Data | None, log) -> dict:
     device = resolve_device(config.device)
     ctx, device = init_distributed(device)
     data = data if data is not None else load_data(config)
@@ -257,15 +277,15 @@ def run(config, data: Data | None = None, log=print) -> dict:
     backend = functional.resolve_backend(config.backend, device)
     n_params = sum(p.numel() for p in model.parameters())
     net = wrap_model(model, ctx, device)
-
-    sampler = DistributedSampler(TensorDataset(data.train_x, data.train_y), num_replicas=ctx.world_size,
-                                 rank=ctx.rank, shuffle=True, seed=config.seed)
-    loader = DataLoader(TensorDataset(data.train_x, data.train_y), batch_size=_local_batch_size(config, ctx),
-                        sampler=sampler, drop_last=False)
+    train_set = TensorDataset(data.train_x, data.train_y)
+    # the same sampler with one replica shuffles the single-process run the same way (seed + epoch)
+    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=config.seed)
+    loader = DataLoader(train_set, batch_size=_local_batch_size(config, ctx), sampler=sampler)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * len(loader)))
 
-    show = config.progress and ctx.is_main
+    verbose = ctx.is_main and config.progress
     if ctx.is_main:
         log(f"contres.train: {config.dataset} ({len(data.train_x)} train / {len(data.test_x)} test), "
             f"{n_params} parameters, backend {backend}, device {device}, {ctx.world_size} process(es)")
@@ -273,26 +293,14 @@ def run(config, data: Data | None = None, log=print) -> dict:
     start = time.perf_counter()
     for epoch in range(config.epochs):
         sampler.set_epoch(epoch)
-        net.train()
-        loss_sum, count = 0.0, 0
-        bar = _progress(loader, enabled=show, desc=f"epoch {epoch + 1}/{config.epochs}", total=len(loader))
-        for images, labels in bar:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            loss, ce = compute_loss(net, images, labels, config.smoothness_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += ce.item() * len(labels)
-            count += len(labels)
-            if show:
-                bar.set_postfix(loss=f"{loss_sum / count:.4f}")
+        bar = _progress(loader, enabled=verbose, desc=f"epoch {epoch + 1}/{config.epochs}", total=len(loader))
+        loss_sum, count = train_epoch(net, bar, optimizer, schedule, config.smoothness_weight, device)
         loss_sum, count = all_reduce_sum([loss_sum, count], ctx, device)
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"the training loss diverged in epoch {epoch + 1}; lower --lr")
         loss_curve.append(loss_sum / count)
         acc_curve.append(evaluate(model, data.test_x, data.test_y, device))
-        if ctx.is_main and config.progress:
+        if verbose:
             log(f"epoch {epoch + 1:3d}/{config.epochs}  loss {loss_curve[-1]:.4f}  "
                 f"test accuracy {100 * acc_curve[-1]:.2f} %  {time.perf_counter() - start:.1f} s")
     seconds = time.perf_counter() - start
@@ -302,6 +310,25 @@ def run(config, data: Data | None = None, log=print) -> dict:
             "loss_curve": loss_curve, "test_accuracy_curve": acc_curve, "backend": backend,
             "device": str(device), "world_size": ctx.world_size,
             "config": {k: v for k, v in vars(config).items() if k not in ("json", "progress")}}
+
+
+def train_epoch(net, batches, optimizer, schedule, smoothness_weight: float,
+                device: torch.device) -> tuple[float, int]:
+    """One pass over `batches`; returns (sum of the per-sample cross-entropy, number of samples) of this process."""
+    net.train()
+    loss_sum, count = 0.0, 0
+    for images, labels in batches:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        loss, ce = compute_loss(net, images, labels, smoothness_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_sum += ce.item() * len(labels)
+        count += len(labels)
+        if hasattr(batches, "set_postfix"):  # a progress bar
+            batches.set_postfix(loss=f"{loss_sum / count:.4f}")
+    return loss_sum, count
 
 
 def summary(result: dict) -> str:
