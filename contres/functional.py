@@ -91,11 +91,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "fused"
 
 
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")  # a literal: torch.compile traces it on every torch
+
+
 def _autocast_inputs(x, weight, bias):
     """Under torch.autocast the block runs in the autocast dtype, like the convolutions it is made of
     (the fused kernels accumulate in float); the casts are differentiable, so the parameter gradients
     come back in the parameters' dtype."""
-    if (not isinstance(x, torch.Tensor) or not torch.amp.is_autocast_available(x.device.type)
+    if (not isinstance(x, torch.Tensor) or x.device.type not in _AUTOCAST_DEVICES
             or not torch.is_autocast_enabled(x.device.type)):
         return x, weight, bias
     dtype = torch.get_autocast_dtype(x.device.type)

@@ -20,7 +20,7 @@ void single_update_cpu(const at::Tensor& u, const at::Tensor& z, double h, Act a
 // Adjoint gate of one step:
 //   v = lam + gi (just lam when gi is undefined), written to v_out when v_out is defined;
 //   g = scale * act'(z) * v, written to g_out, with act'(z) taken from aux (see Aux);
-//   bias_grad (C) = sum over (B, H, W) of g, accumulated in opmath, deterministic.
+//   bias_grad (C) = sum over (B, H, W) of g, accumulated in opmath, deterministic; skipped when undefined.
 // v_out may alias gi and g_out may alias lam: every element is read before it is written.
 void adjoint_gate_cpu(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
                       double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad);

@@ -164,8 +164,12 @@ def test_fused_and_reference_train_identically(device, layer):
     for step, (a, b) in enumerate(zip(lf, lr)):
         assert abs(a - b) <= 1e-4 * abs(b), (step, lf, lr)
     assert lf[-1] < lf[0]
+    # On CUDA, cuDNN picks different float32 algorithms (and reduction orders) for the fused op's
+    # convolution_backward than for autograd's, and Adam's normalisation amplifies those last-bit differences in
+    # near-zero gradients: 1.9e-4 was measured on an H100, so the parameters get 1e-3 there.
+    param_tol = 1e-4 if device == "cpu" else 1e-3
     for (n, p), (_, q) in zip(fused.named_parameters(), ref.named_parameters()):
-        assert_close_rel(p, q, 1e-4, n)
+        assert_close_rel(p, q, param_tol, n)
 
 
 # ------------------------------------------------------------------------------------------------ build_info

@@ -144,6 +144,7 @@ void adjoint_gate_kernel(const at::Tensor& lam, const at::Tensor& gi, const at::
           K == Aux::Value ? valp + off : nullptr, table, kV ? vp + off : nullptr, gp + off, hw, s);
     }
   });
+  if (!bias_grad.defined()) return;
   std::vector<opmath_t> channel(C, opmath_t(0));
   for (int64_t b = 0; b < B; ++b)
     for (int64_t c = 0; c < C; ++c) channel[c] += plane_sums[b * C + c];

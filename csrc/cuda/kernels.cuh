@@ -98,7 +98,57 @@ __global__ void single_update_kernel(const scalar_t* __restrict__ u, const scala
 
 constexpr int kGateThreads = 256;
 
-// One block per plane: g = scale * act' * (lam [+ gi]), v written when asked, plane sum of g to partial[plane].
+// One chunk of the adjoint gate: g = scale * act' * (lam [+ gi]), v written when gi is given; returns the
+// chunk's sum of g.
+template <typename scalar_t, Act A, Aux K, bool kGi, bool kVec>
+__device__ __forceinline__ at::opmath_type<scalar_t> gate_chunk(const ChunkIndex& c, const scalar_t* lam,
+                                                                const scalar_t* gi, const uint8_t* mask,
+                                                                const scalar_t* val, scalar_t* v_out, scalar_t* g_out,
+                                                                at::opmath_type<scalar_t> scale) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  opmath_t v[8], d[8], g[8];
+  load8<scalar_t, kVec>(lam, c.elem, c.cnt, v);
+  if constexpr (kGi) {
+    opmath_t add[8];
+    load8<scalar_t, kVec>(gi, c.elem, c.cnt, add);
+#pragma unroll
+    for (int t = 0; t < 8; ++t) v[t] += add[t];
+    store8<scalar_t, kVec>(v_out, c.elem, c.cnt, v);
+  }
+  if constexpr (K == Aux::Mask) {
+    const unsigned bits = mask[c.byte];
+#pragma unroll
+    for (int t = 0; t < 8; ++t) d[t] = Activation<A>::template df_sign<opmath_t>((bits >> t) & 1u);
+  } else if constexpr (K == Aux::Value) {
+    load8<scalar_t, kVec>(val, c.elem, c.cnt, d);
+#pragma unroll
+    for (int t = 0; t < 8; ++t) d[t] = Activation<A>::df_value(d[t]);
+  } else {
+#pragma unroll
+    for (int t = 0; t < 8; ++t) d[t] = opmath_t(1);
+  }
+  opmath_t acc = 0;
+#pragma unroll
+  for (int t = 0; t < 8; ++t) {
+    g[t] = scale * d[t] * v[t];
+    acc += t < c.cnt ? g[t] : opmath_t(0);
+  }
+  store8<scalar_t, kVec>(g_out, c.elem, c.cnt, g);
+  return acc;
+}
+
+// Without a bias reduction (channels_last: the driver reduces with ATen): a grid-stride loop over all chunks.
+template <typename scalar_t, Act A, Aux K, bool kGi, bool kVec>
+__global__ void adjoint_gate_flat_kernel(const scalar_t* __restrict__ lam, const scalar_t* gi,
+                                         const uint8_t* __restrict__ mask, const scalar_t* __restrict__ val,
+                                         scalar_t* v_out, scalar_t* g_out, int64_t chunks, int64_t hw, int64_t mbytes,
+                                         at::opmath_type<scalar_t> scale) {
+  for (int64_t chunk = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; chunk < chunks;
+       chunk += int64_t(gridDim.x) * blockDim.x)
+    gate_chunk<scalar_t, A, K, kGi, kVec>(chunk_index(chunk, hw, mbytes), lam, gi, mask, val, v_out, g_out, scale);
+}
+
+// One block per plane, with the plane's sum of g to partial[plane].
 template <typename scalar_t, Act A, Aux K, bool kGi, bool kVec>
 __global__ void adjoint_gate_kernel(const scalar_t* __restrict__ lam, const scalar_t* gi,
                                     const uint8_t* __restrict__ mask, const scalar_t* __restrict__ val,
@@ -107,36 +157,9 @@ __global__ void adjoint_gate_kernel(const scalar_t* __restrict__ lam, const scal
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t plane = blockIdx.x;
   opmath_t acc = 0;
-  for (int64_t j = threadIdx.x; j < mbytes; j += blockDim.x) {
-    const ChunkIndex c = chunk_index(plane * mbytes + j, hw, mbytes);
-    opmath_t v[8], d[8], g[8];
-    load8<scalar_t, kVec>(lam, c.elem, c.cnt, v);
-    if constexpr (kGi) {
-      opmath_t add[8];
-      load8<scalar_t, kVec>(gi, c.elem, c.cnt, add);
-#pragma unroll
-      for (int t = 0; t < 8; ++t) v[t] += add[t];
-      store8<scalar_t, kVec>(v_out, c.elem, c.cnt, v);
-    }
-    if constexpr (K == Aux::Mask) {
-      const unsigned bits = mask[c.byte];
-#pragma unroll
-      for (int t = 0; t < 8; ++t) d[t] = Activation<A>::template df_sign<opmath_t>((bits >> t) & 1u);
-    } else if constexpr (K == Aux::Value) {
-      load8<scalar_t, kVec>(val, c.elem, c.cnt, d);
-#pragma unroll
-      for (int t = 0; t < 8; ++t) d[t] = Activation<A>::df_value(d[t]);
-    } else {
-#pragma unroll
-      for (int t = 0; t < 8; ++t) d[t] = opmath_t(1);
-    }
-#pragma unroll
-    for (int t = 0; t < 8; ++t) {
-      g[t] = scale * d[t] * v[t];
-      acc += t < c.cnt ? g[t] : opmath_t(0);
-    }
-    store8<scalar_t, kVec>(g_out, c.elem, c.cnt, g);
-  }
+  for (int64_t j = threadIdx.x; j < mbytes; j += blockDim.x)
+    acc += gate_chunk<scalar_t, A, K, kGi, kVec>(chunk_index(plane * mbytes + j, hw, mbytes), lam, gi, mask, val,
+                                                 v_out, g_out, scale);
   // Block reduction: warp shuffles, then one value per warp in shared memory.
   for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
   __shared__ opmath_t warp_sums[kGateThreads / 32];
@@ -211,8 +234,10 @@ void adjoint_gate_launch(const at::Tensor& lam, const at::Tensor& gi, const at::
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t B = lam.size(0), C = lam.size(1), hw = lam.size(2) * lam.size(3), mbytes = mask_bytes(hw);
   const auto stream = c10::cuda::getCurrentCUDAStream();
+  const bool reduce = bias_grad.defined();
   const int threads = static_cast<int>(std::min<int64_t>(kGateThreads, std::max<int64_t>(32, (mbytes + 31) / 32 * 32)));
-  const at::Tensor partial = at::empty({B * C}, lam.options().dtype(c10::CppTypeToScalarType<opmath_t>::value));
+  const at::Tensor partial =
+      reduce ? at::empty({B * C}, lam.options().dtype(c10::CppTypeToScalarType<opmath_t>::value)) : at::Tensor();
   const scalar_t* lamp = lam.const_data_ptr<scalar_t>();
   const scalar_t* gip = gi.defined() ? gi.const_data_ptr<scalar_t>() : nullptr;
   const uint8_t* maskp = aux_kind == Aux::Mask ? aux.const_data_ptr<uint8_t>() : nullptr;
@@ -225,9 +250,17 @@ void adjoint_gate_launch(const at::Tensor& lam, const at::Tensor& gi, const at::
   dispatch_activation(act, [&](auto tag) {
     constexpr Act A = decltype(tag)::value;
     auto launch = [&](auto kind, auto with_gi, auto vec_tag) {
-      adjoint_gate_kernel<scalar_t, A, decltype(kind)::value, decltype(with_gi)::value, decltype(vec_tag)::value>
-          <<<B * C, threads, 0, stream>>>(lamp, gip, maskp, valp, vp, gp, partial.mutable_data_ptr<opmath_t>(), hw,
-                                          mbytes, s);
+      constexpr Aux K = decltype(kind)::value;
+      constexpr bool kGi = decltype(with_gi)::value, kVec = decltype(vec_tag)::value;
+      if (reduce) {
+        adjoint_gate_kernel<scalar_t, A, K, kGi, kVec><<<B * C, threads, 0, stream>>>(
+            lamp, gip, maskp, valp, vp, gp, partial.mutable_data_ptr<opmath_t>(), hw, mbytes, s);
+      } else {
+        const int64_t chunks = B * C * mbytes;
+        adjoint_gate_flat_kernel<scalar_t, A, K, kGi, kVec><<<grid_for(chunks, kGateThreads), kGateThreads, 0,
+                                                              stream>>>(lamp, gip, maskp, valp, vp, gp, chunks, hw,
+                                                                        mbytes, s);
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     auto by_vec = [&](auto kind, auto with_gi) {
@@ -244,6 +277,7 @@ void adjoint_gate_launch(const at::Tensor& lam, const at::Tensor& gi, const at::
       default: by_gi(std::integral_constant<Aux, Aux::None>{}); break;
     }
   });
+  if (!reduce) return;
   channel_sum_kernel<scalar_t><<<grid_for(C, 128), 128, 0, stream>>>(partial.const_data_ptr<opmath_t>(),
                                                                     bias_grad.mutable_data_ptr<scalar_t>(), B, C);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
