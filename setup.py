@@ -6,7 +6,7 @@ Environment:
   TORCH_CUDA_ARCH_LIST   architectures to compile for (default: the visible GPUs, else "9.0").
   CUDA_HOME              toolkit root (default: /usr/local/cuda when it exists).
   MAX_JOBS               parallel compile jobs (default: from CPU count and free memory).
-  CONTRES_NATIVE=0       do not add -mavx2 -mfma on x86 hosts that have them.
+  CONTRES_NATIVE=0       do not add -mavx2 -mfma -mf16c on x86 hosts that have them.
 """
 import os
 import platform
@@ -68,8 +68,8 @@ def _host_flags():
     if os.environ.get("CONTRES_NATIVE", "1") != "0" and platform.machine() in ("x86_64", "AMD64"):
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
-            if " avx2" in cpuinfo and " fma" in cpuinfo:
-                flags += ["-mavx2", "-mfma"]
+            if all(f" {flag}" in cpuinfo for flag in ("avx2", "fma", "f16c")):
+                flags += ["-mavx2", "-mfma", "-mf16c"]  # what at::vec's AVX2 code needs
         except OSError:
             pass
     return flags

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/buffer_pool.h"
 #include "kernels.h"
 
 namespace contres {
@@ -105,9 +106,14 @@ int64_t n_saved_states(const Problem& p) {
   return p.checkpoint == 0 ? p.n_steps - 1 : (p.n_steps - 1) / p.checkpoint;
 }
 
+// A buffer kept from forward to backward (CPU: from the buffer pool, see cpu/buffer_pool.h).
+at::Tensor saved_empty(c10::IntArrayRef sizes, const at::TensorOptions& opts) {
+  return opts.device().is_cpu() ? pooled_empty_cpu(sizes, opts) : at::empty(sizes, opts);
+}
+
 // n state-sized tensors in the internal layout, as one (n, B, C, H, W) tensor whose slices are states.
 at::Tensor state_stack(const Problem& p, int64_t n, const at::TensorOptions& opts) {
-  if (!p.channels_last()) return at::empty({n, p.B, p.C, p.H, p.W}, opts);
+  if (!p.channels_last()) return saved_empty({n, p.B, p.C, p.H, p.W}, opts);
   return at::empty({n, p.B, p.H, p.W, p.C}, opts).permute({0, 1, 4, 2, 3});
 }
 
@@ -188,7 +194,7 @@ void step_forward(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b,
 
 at::Tensor aux_buffer(const Problem& p, int64_t n, const at::TensorOptions& opts) {
   switch (p.aux) {
-    case Aux::Mask: return at::empty({n, p.B, p.C, mask_bytes(p.H * p.W)}, opts.dtype(at::kByte));
+    case Aux::Mask: return saved_empty({n, p.B, p.C, mask_bytes(p.H * p.W)}, opts.dtype(at::kByte));
     case Aux::Value: return state_stack(p, n, opts);
     default: return at::empty({0}, opts);
   }

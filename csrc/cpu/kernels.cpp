@@ -1,12 +1,21 @@
-// CPU implementations of the fused elementwise passes (see kernels.h). Plain loops over 8-element chunks
-// that the compiler vectorises; parallel over planes with at::parallel_for.
+// CPU implementations of the fused elementwise passes (see kernels.h), parallel over planes with
+// at::parallel_for. float and double use at::vec (AVX2 when the build host has it: setup.py adds -mavx2
+// -mfma, and the vector types then live in their own at::vec::AVX2 namespace); the reduced types run the
+// same maths in scalar loops with float accumulation.
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(CPU_CAPABILITY)
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
+#endif
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <array>
+#include <type_traits>
 #include <vector>
 
 #include "../kernels.h"
@@ -30,7 +39,105 @@ const opmath_t* mask_derivative_table() {
   return table.data();
 }
 
-// One plane of the single-layer forward. The flags are template parameters so that every inner loop is
+using at::vec::Vectorized;
+
+template <typename T>
+constexpr bool kVectorised = std::is_same_v<T, float> || std::is_same_v<T, double>;
+
+template <Act A, typename T>
+Vectorized<T> act_vec(const Vectorized<T>& z) {
+  if constexpr (A == Act::Identity) return z;
+  else if constexpr (A == Act::Relu) return at::vec::clamp_min(z, Vectorized<T>(0));  // NaN passes, like f
+  else if constexpr (A == Act::LeakyRelu)
+    return Vectorized<T>::blendv(z * Vectorized<T>(kLeakySlope), z, z > Vectorized<T>(0));
+  else if constexpr (A == Act::Tanh) return z.tanh();
+  else return Vectorized<T>(1) / (Vectorized<T>(1) + z.neg().exp());
+}
+
+template <Act A, typename T>
+Vectorized<T> df_value_vec(const Vectorized<T>& a) {
+  const Vectorized<T> one(1);
+  if constexpr (A == Act::Identity) return one;
+  else if constexpr (A == Act::Relu) return Vectorized<T>::blendv(one, Vectorized<T>(0), a <= Vectorized<T>(0));
+  else if constexpr (A == Act::LeakyRelu) return Vectorized<T>::blendv(Vectorized<T>(kLeakySlope), one, a > Vectorized<T>(0));
+  else if constexpr (A == Act::Tanh) return one - a * a;
+  else return a * (one - a);
+}
+
+// Vectorised forward of one plane (float, double).
+template <typename T, Act A, bool kOut, bool kMask, bool kValue>
+void single_update_plane_vec(const T* u, const T* z, T* out, uint8_t* mask, T* val, int64_t hw, T h) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const Vec hv(h);
+  int64_t i = 0;
+  if constexpr (kOut || kValue) {
+    for (; i + V <= hw; i += V) {
+      const Vec a = act_vec<A>(Vec::loadu(z + i));
+      if constexpr (kValue) a.store(val + i);
+      if constexpr (kOut) at::vec::fmadd(hv, a, Vec::loadu(u + i)).store(out + i);
+    }
+    for (; i < hw; ++i) {
+      const T a = Activation<A>::f(z[i]);
+      if constexpr (kValue) val[i] = a;
+      if constexpr (kOut) out[i] = u[i] + h * a;
+    }
+  }
+  if constexpr (kMask) {
+    const int64_t full = hw / 8;
+    for (int64_t j = 0; j < full; ++j) {
+      unsigned bits = 0;
+      for (int t = 0; t < 8; ++t) bits |= static_cast<unsigned>(Activation<A>::mask_bit(z[8 * j + t])) << t;
+      mask[j] = static_cast<uint8_t>(bits);
+    }
+    if (full * 8 < hw) {
+      unsigned bits = 0;
+      for (int64_t k = full * 8; k < hw; ++k) bits |= static_cast<unsigned>(Activation<A>::mask_bit(z[k])) << (k - full * 8);
+      mask[full] = static_cast<uint8_t>(bits);
+    }
+  }
+}
+
+// Vectorised adjoint gate of one plane (float, double); returns the plane's sum of g. Writing v over gi or g
+// over lam is safe: each vector is loaded before the same addresses are stored.
+template <typename T, Act A, Aux K, bool kGi, bool kV>
+T adjoint_gate_plane_vec(const T* lam, const T* gi, const uint8_t* mask, const T* val, const T* table, T* v_out,
+                         T* g_out, int64_t hw, T scale) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  static_assert(8 % V == 0, "a vector must not straddle two mask bytes");
+  const Vec sv(scale);
+  Vec acc(0);
+  int64_t i = 0;
+  for (; i + V <= hw; i += V) {
+    Vec v = Vec::loadu(lam + i);
+    if constexpr (kGi) v = v + Vec::loadu(gi + i);
+    if constexpr (kV) v.store(v_out + i);
+    Vec d;
+    if constexpr (K == Aux::Mask) d = Vec::loadu(table + 8 * mask[i / 8] + i % 8);
+    else if constexpr (K == Aux::Value) d = df_value_vec<A>(Vec::loadu(val + i));
+    else d = Vec(1);
+    const Vec g = sv * d * v;
+    g.store(g_out + i);
+    acc = acc + g;
+  }
+  T total = at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, acc);
+  for (; i < hw; ++i) {
+    T v = lam[i];
+    if constexpr (kGi) v += gi[i];
+    if constexpr (kV) v_out[i] = v;
+    T d;
+    if constexpr (K == Aux::Mask) d = table[8 * mask[i / 8] + i % 8];
+    else if constexpr (K == Aux::Value) d = Activation<A>::df_value(val[i]);
+    else d = T(1);
+    const T g = scale * d * v;
+    g_out[i] = g;
+    total += g;
+  }
+  return total;
+}
+
+// One plane of the single-layer forward, scalar (the reduced types). The flags are template parameters so that every inner loop is
 // branch-free; full 8-element chunks have a constant trip count and vectorise.
 template <typename scalar_t, Act A, bool kOut, bool kMask, bool kValue>
 void single_update_plane(const scalar_t* u, const scalar_t* z, scalar_t* out, uint8_t* mask, scalar_t* val,
@@ -74,10 +181,15 @@ void single_update_kernel(const at::Tensor& u, const at::Tensor& z, double h, co
   scalar_t* valp = kValue ? aux_out.mutable_data_ptr<scalar_t>() : nullptr;
   const auto hh = static_cast<at::opmath_type<scalar_t>>(h);
   at::parallel_for(0, u.size(0) * u.size(1), plane_grain(hw), [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p)
-      single_update_plane<scalar_t, A, kOut, kMask, kValue>(up + p * hw, zp + p * hw, outp + (kOut ? p * hw : 0),
-                                                            maskp + (kMask ? p * mbytes : 0),
-                                                            valp + (kValue ? p * hw : 0), hw, hh);
+    for (int64_t p = begin; p < end; ++p) {
+      auto* const o = outp + (kOut ? p * hw : 0);
+      auto* const m = maskp + (kMask ? p * mbytes : 0);
+      auto* const v = valp + (kValue ? p * hw : 0);
+      if constexpr (kVectorised<scalar_t>)
+        single_update_plane_vec<scalar_t, A, kOut, kMask, kValue>(up + p * hw, zp + p * hw, o, m, v, hw, hh);
+      else
+        single_update_plane<scalar_t, A, kOut, kMask, kValue>(up + p * hw, zp + p * hw, o, m, v, hw, hh);
+    }
   });
 }
 
@@ -139,9 +251,16 @@ void adjoint_gate_kernel(const at::Tensor& lam, const at::Tensor& gi, const at::
   at::parallel_for(0, B * C, plane_grain(hw), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t off = p * hw;
-      plane_sums[p] = adjoint_gate_plane<scalar_t, A, K, kGi, kV>(
-          lamp + off, kGi ? gip + off : nullptr, K == Aux::Mask ? maskp + p * mbytes : nullptr,
-          K == Aux::Value ? valp + off : nullptr, table, kV ? vp + off : nullptr, gp + off, hw, s);
+      const scalar_t* const gi_p = kGi ? gip + off : nullptr;
+      const uint8_t* const mask_p = K == Aux::Mask ? maskp + p * mbytes : nullptr;
+      const scalar_t* const val_p = K == Aux::Value ? valp + off : nullptr;
+      scalar_t* const v_p = kV ? vp + off : nullptr;
+      if constexpr (kVectorised<scalar_t>)
+        plane_sums[p] = adjoint_gate_plane_vec<scalar_t, A, K, kGi, kV>(lamp + off, gi_p, mask_p, val_p, table, v_p,
+                                                                        gp + off, hw, s);
+      else
+        plane_sums[p] = adjoint_gate_plane<scalar_t, A, K, kGi, kV>(lamp + off, gi_p, mask_p, val_p, table, v_p,
+                                                                    gp + off, hw, s);
     }
   });
   if (!bias_grad.defined()) return;
