@@ -14,8 +14,18 @@ recording, as in training), their speed-up over eager, the activation memory (by
 that are still alive when it returns: the output plus everything the graph keeps for the backward), its
 ratio to eager, and the max abs difference of the output and of the weight gradient from eager.
 
-Memory: on CUDA from the caching allocator's counters around the forward; on the CPU from the profiler's
-allocator events (torch.profiler with profile_memory=True: the sum of allocation minus free sizes).
+Default cases (N = 8 Euler steps, one control per step, float32, 3x3 kernels; single/relu and double_sym/tanh):
+CPU B=32, C=32, 32x32; CUDA B=128, C=64, 32x32 and B=32, C=16, 28x28, plus single/relu at B=128, C=64 under
+bfloat16 autocast. Shape, layer, dtype and autocast options replace them.
+
+Differences: with relu, a pre-activation within rounding of 0 can land on the other side of the kink in one
+method than in eager; each such flip moves the weight gradient by about h |grad_out| |u| (~0.5 at the default
+float32 CPU shape), so a relu dW difference of that size is rounding, not a bug (the JSON has relative diffs).
+
+Memory: on CUDA from the caching allocator's counters around the forward; on the CPU by walking the autograd
+graph the forward leaves (distinct storages of the saved tensors and the output), because contres serves its
+large saved CPU buffers from its own cache, which allocator-based counts (the profiler's memory events, kept
+in the JSON as alloc_mem_bytes / peak_mem_bytes) see only on a cache miss.
 
 The case and method builders (Case, make_inputs, build_method, forward_runner, fwd_bwd_runner) are shared
 with the pytest-benchmark suite in bench/.
@@ -245,13 +255,23 @@ def synced(run: Callable, device: str) -> Callable:
 # ----------------------------------------------------------------------------------------------------------------
 # Measurements
 
-def time_ms(run: Callable, device: str, repeats: int, warmup: int) -> float:
-    """Median wall time of run() in milliseconds; CUDA events on the GPU, perf_counter on the CPU."""
+MIN_REPEATS = 3
+
+
+def time_ms(run: Callable, device: str, repeats: int, warmup: int, max_s: Optional[float] = None) -> float:
+    """Median wall time of run() in milliseconds; CUDA events on the GPU, perf_counter on the CPU.
+
+    Times `repeats` calls after `warmup` untimed ones; with max_s, stops early once MIN_REPEATS calls are
+    timed and max_s seconds have passed (keeps slow CPU cases within the run's time budget).
+    """
     for _ in range(warmup):
         run()
     synchronize(device)
     times = []
+    deadline = None if max_s is None else time.perf_counter() + max_s
     for _ in range(repeats):
+        if deadline is not None and len(times) >= MIN_REPEATS and time.perf_counter() > deadline:
+            break
         if device == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -280,44 +300,88 @@ def _quiet_fd2():
         os.close(saved)
 
 
-def forward_memory_cpu(forward: Callable[[], torch.Tensor]) -> tuple[int, int]:
-    """(held, peak) bytes of the forward on the CPU, from the profiler's allocator events.
+def graph_bytes(out: torch.Tensor, inputs: Inputs) -> int:
+    """Bytes of the distinct storages the autograd graph of `out` keeps for the backward, plus out's own.
 
-    held: allocations minus frees during the forward, i.e. what is still alive when it returns (output +
-    graph); peak: the highest running total during the forward.
+    Walks out.grad_fn and its parents, reading every node's saved tensors (`_saved_*` of built-in nodes,
+    `saved_tensors` of custom Functions, torch.compile's included); the inputs' storages are left out.
+    Independent of the allocator, so it also counts buffers a library serves from its own cache.
+    """
+    excluded = {t.untyped_storage().data_ptr() for t in inputs.leaves}
+    storages = {}
+
+    def add(value):
+        for t in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in excluded:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+
+    add(out)
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for name in dir(node):
+            if name.startswith("_saved_") or name == "saved_tensors":
+                try:
+                    add(getattr(node, name))
+                except RuntimeError:  # already freed (retain_graph=False after a backward)
+                    pass
+        stack.extend(parent for parent, _ in node.next_functions)
+    return sum(storages.values())
+
+
+def forward_memory_cpu(forward: Callable[[], torch.Tensor], inputs: Inputs) -> dict:
+    """Memory of one forward on the CPU.
+
+    act: graph_bytes (what the forward leaves alive: output + saved for backward). The allocator cannot give
+    it here: contres serves its large saved CPU buffers from its own cache, which the CPU allocator and the
+    profiler only see on a cache miss. alloc / peak: the profiler's allocator events during the forward
+    (allocated minus freed, and the running maximum; torch.profiler with profile_memory=True) - equal to act
+    for the PyTorch methods, a cross-check that misses cached buffers.
     """
     from torch.profiler import ProfilerActivity, profile
 
     gc.collect()
     with _quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = forward()
-    events = sorted((e for e in prof.profiler.kineto_results.events()
-                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU),
-                    key=lambda e: e.start_ns())
-    held = peak = 0
-    for e in events:
-        held += e.nbytes()
-        peak = max(peak, held)
-    del out
-    return held, peak
+    alloc = peak = 0
+    try:
+        events = sorted((e for e in prof.profiler.kineto_results.events()
+                         if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU),
+                        key=lambda e: e.start_ns())
+        for e in events:
+            alloc += e.nbytes()
+            peak = max(peak, alloc)
+    except (AttributeError, RuntimeError):  # profiler internals of another torch version: no cross-check
+        alloc = peak = None
+    graph = graph_bytes(out, inputs)
+    return {"act": graph, "graph": graph, "alloc": alloc, "peak": peak}
 
 
-def forward_memory_cuda(forward: Callable[[], torch.Tensor]) -> tuple[int, int]:
-    """(held, peak) bytes of the forward on the GPU, from the caching allocator's counters."""
+def forward_memory_cuda(forward: Callable[[], torch.Tensor], inputs: Inputs) -> dict:
+    """Memory of one forward on the GPU from the caching allocator's counters (reset around the forward).
+
+    act = alloc: bytes allocated during the forward still allocated after it; peak: the maximum above the
+    starting point; graph: graph_bytes, a cross-check.
+    """
     gc.collect()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     out = forward()
     torch.cuda.synchronize()
-    held = torch.cuda.memory_allocated() - base
+    alloc = torch.cuda.memory_allocated() - base
     peak = torch.cuda.max_memory_allocated() - base
-    del out
-    return held, peak
+    return {"act": alloc, "graph": graph_bytes(out, inputs), "alloc": alloc, "peak": peak}
 
 
-def forward_memory(forward: Callable[[], torch.Tensor], device: str) -> tuple[int, int]:
-    return forward_memory_cuda(forward) if device == "cuda" else forward_memory_cpu(forward)
+def forward_memory(forward: Callable[[], torch.Tensor], inputs: Inputs, device: str) -> dict:
+    """{"act", "graph", "alloc", "peak"} bytes of one forward (see the per-device helpers)."""
+    if device == "cuda":
+        return forward_memory_cuda(forward, inputs)
+    return forward_memory_cpu(forward, inputs)
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -328,8 +392,8 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 # One case
 
 ROW_NUMBERS = ("fwd_ms", "fwd_bwd_ms", "speedup_fwd", "speedup_fwd_bwd", "act_mem_bytes", "act_mem_mib",
-               "mem_ratio", "peak_mem_bytes", "max_diff_out", "max_diff_grad_w", "max_rel_diff_out",
-               "max_rel_diff_grad_w")
+               "mem_ratio", "graph_mem_bytes", "alloc_mem_bytes", "peak_mem_bytes", "max_diff_out",
+               "max_diff_grad_w", "max_rel_diff_out", "max_rel_diff_grad_w")
 
 
 def _row(case: Case, method: str, **values) -> dict:
@@ -348,7 +412,8 @@ def _short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:120] if lines else ''}"
 
 
-def bench_method(name: str, case: Case, inputs: Inputs, ref, repeats: int, warmup: int) -> Optional[dict]:
+def bench_method(name: str, case: Case, inputs: Inputs, ref, repeats: int, warmup: int,
+                 max_s: Optional[float] = None) -> Optional[dict]:
     """One row: times, memory and differences from eager (ref = (out, grads) of eager); None if silent skip."""
     try:
         fn = build_method(name, case)
@@ -365,10 +430,11 @@ def bench_method(name: str, case: Case, inputs: Inputs, ref, repeats: int, warmu
     diffs["max_rel_diff_out"] = diffs["max_diff_out"] / max(ref_out.detach().abs().max().item(), 1e-30)
     diffs["max_rel_diff_grad_w"] = diffs["max_diff_grad_w"] / max(ref_grads[1].abs().max().item(), 1e-30)
     del out, grads
-    held, peak = forward_memory(forward, case.device)
-    return _row(case, name, fwd_ms=time_ms(forward, case.device, repeats, warmup),
-                fwd_bwd_ms=time_ms(fwd_bwd, case.device, repeats, warmup),
-                act_mem_bytes=held, act_mem_mib=held / MIB, peak_mem_bytes=peak, **diffs)
+    mem = forward_memory(forward, inputs, case.device)
+    return _row(case, name, fwd_ms=time_ms(forward, case.device, repeats, warmup, max_s),
+                fwd_bwd_ms=time_ms(fwd_bwd, case.device, repeats, warmup, max_s),
+                act_mem_bytes=mem["act"], act_mem_mib=mem["act"] / MIB, graph_mem_bytes=mem["graph"],
+                alloc_mem_bytes=mem["alloc"], peak_mem_bytes=mem["peak"], **diffs)
 
 
 def add_ratios(rows: list) -> None:
@@ -383,7 +449,8 @@ def add_ratios(rows: list) -> None:
         r["mem_ratio"] = r["act_mem_bytes"] / e["act_mem_bytes"] if e["act_mem_bytes"] else None
 
 
-def bench_case(case: Case, methods, repeats: int, warmup: int, progress=None) -> list:
+def bench_case(case: Case, methods, repeats: int, warmup: int, max_s: Optional[float] = None,
+               progress=None) -> list:
     """All methods on one case; eager runs once first to give the reference output and gradients."""
     inputs = make_inputs(case)
     ref = fwd_bwd_runner(build_method("eager", case), inputs, case)()
@@ -392,7 +459,7 @@ def bench_case(case: Case, methods, repeats: int, warmup: int, progress=None) ->
     for name in methods:
         if progress is not None:
             progress.set_postfix_str(f"{case.device} {case.name} {name}", refresh=True)
-        row = bench_method(name, case, inputs, ref, repeats, warmup)
+        row = bench_method(name, case, inputs, ref, repeats, warmup, max_s)
         if row is not None:
             rows.append(row)
         if progress is not None:
@@ -518,11 +585,14 @@ def _json_safe(value):
 # CLI
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m contres.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m contres.bench", description=__doc__.split("\n\n")[0],
+        epilog="Default cases (N=8, float32, single/relu and double_sym/tanh): cpu B=32 C=32 32x32; cuda B=128 C=64 "
+               "32x32 and B=32 C=16 28x28, plus single/relu B=128 C=64 under bf16 autocast.")
     p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
-                   help="all: cpu, and cuda when available with fused CUDA kernels")
-    p.add_argument("--batch", type=int, help="batch size (default: per-device default shapes)")
+                   help="all (default): cpu, and cuda when available with fused CUDA kernels")
+    p.add_argument("--batch", type=int, help="batch size (default: the per-device default shapes; cpu: "
+                   f"B,C,H = {DEFAULT_SHAPES['cpu'][0]}, cuda: {DEFAULT_SHAPES['cuda']})")
     p.add_argument("--channels", type=int, help="channels C")
     p.add_argument("--size", type=int, help="spatial size H = W")
     p.add_argument("--steps", type=int, help=f"Euler steps N (default {DEFAULT_STEPS})")
@@ -530,15 +600,18 @@ def parse_args(argv=None):
     p.add_argument("--layer", choices=reference.LAYERS + ("all",), help="default: all")
     p.add_argument("--activation", choices=reference.ACTIVATIONS,
                    help="default: relu for single, tanh for double_sym")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="default: float32")
     p.add_argument("--autocast", choices=tuple(AUTOCAST), help="run the forwards under torch.autocast (float32 "
                    "inputs); the default CUDA run adds a bfloat16 autocast case")
-    p.add_argument("--repeats", type=int, default=10, help="timed repetitions (median reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed repetitions before timing")
+    p.add_argument("--repeats", type=int, default=10, help="timed repetitions, median reported (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed repetitions before timing, after the first "
+                   "call, which checks the results and compiles (default: %(default)s)")
+    p.add_argument("--max-time", type=float, default=1.0, help=f"seconds per measurement after which timing stops "
+                   f"once {MIN_REPEATS} repeats are done; 0: always --repeats (default: %(default)s)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--json", metavar="PATH", help="write all rows and the environment to this JSON file")
     p.add_argument("--quick", action="store_true",
-                   help=f"smoke run: shape B,C,H={QUICK_SHAPE}, N=4, 3 repeats, 1 warm-up (explicit options win)")
+                   help=f"smoke run: shape B,C,H={QUICK_SHAPE}, N=4, 3 repeats (explicit options win)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -554,14 +627,12 @@ def parse_args(argv=None):
         explicit = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
         if "--repeats" not in explicit:
             args.repeats = 3
-        if "--warmup" not in explicit:
-            args.warmup = 1
     for name in ("batch", "channels", "size", "steps", "controls", "repeats"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name} must be >= 1")
-    if args.warmup < 0:
-        p.error("--warmup must be >= 0")
+    if args.warmup < 0 or args.max_time < 0:
+        p.error("--warmup and --max-time must be >= 0")
     return args
 
 
@@ -570,13 +641,25 @@ def run(args) -> tuple[list, dict]:
     from tqdm import tqdm
 
     devices = select_devices(args.device)
+    load_start = _warn_if_busy()
     cases = [case for device in devices for case in make_cases(device, args)]
     rows = []
     with tqdm(total=len(cases) * len(args.methods), desc="contres.bench", file=sys.stderr, leave=False,
               disable=args.no_progress, dynamic_ncols=True) as progress:
         for case in cases:
-            rows += bench_case(case, args.methods, args.repeats, args.warmup, progress)
-    return rows, environment(devices, args)
+            rows += bench_case(case, args.methods, args.repeats, args.warmup, args.max_time or None, progress)
+    env = environment(devices, args)
+    env["loadavg_1min"] = {"start": load_start, "end": os.getloadavg()[0]}
+    return rows, env
+
+
+def _warn_if_busy() -> float:
+    """The 1-minute load average; warns when other processes already keep a core busy (noisy CPU timings)."""
+    load = os.getloadavg()[0]
+    if load >= 1.0:
+        print(f"contres.bench: warning: load average {load:.1f} on {os.cpu_count()} cores before the run; "
+              "other processes compete for the CPU and CPU timings will be noisy", file=sys.stderr)
+    return load
 
 
 def main(argv=None) -> list:

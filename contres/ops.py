@@ -72,6 +72,7 @@ def _register():
         ctx.save_for_backward(x, weight, bias, states, aux)
         ctx.config = (h, layer, activation, checkpoint)
         ctx.mark_non_differentiable(states, aux)
+        ctx.set_materialize_grads(False)  # else autograd fills zero "gradients" of the saved states per backward
 
     def _backward(ctx, grad_out, _grad_states, _grad_aux):
         x, weight, bias, states, aux = ctx.saved_tensors

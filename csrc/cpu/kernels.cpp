@@ -23,9 +23,21 @@
 namespace contres {
 namespace {
 
-constexpr int64_t kGrainElements = 1 << 15;
+// Work items: a plane, or a segment of one when planes are large (a channels_last tensor is passed as one
+// plane of B*C*H*W elements). Segments start at multiples of 8 elements, so each owns whole mask bytes.
+struct Segments {
+  int64_t hw, mbytes, per_plane, count;
+  static constexpr int64_t kLength = 1 << 14;
+  static constexpr int64_t kGrainElements = 1 << 15;
 
-int64_t plane_grain(int64_t hw) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(hw, 1)); }
+  Segments(int64_t planes, int64_t hw_)
+      : hw(hw_), mbytes(mask_bytes(hw_)), per_plane(std::max<int64_t>(1, (hw_ + kLength - 1) / kLength)),
+        count(planes * per_plane) {}
+  int64_t plane(int64_t item) const { return item / per_plane; }
+  int64_t begin(int64_t item) const { return (item % per_plane) * kLength; }  // element offset in its plane
+  int64_t length(int64_t item) const { return std::min(kLength, hw - begin(item)); }
+  int64_t grain() const { return std::max<int64_t>(1, kGrainElements / std::min(hw, kLength)); }
+};
 
 // act' for each of the 256 mask bytes, 8 values per byte, so a chunk of 8 elements reads a contiguous row.
 template <typename opmath_t, Act A>
@@ -137,8 +149,8 @@ T adjoint_gate_plane_vec(const T* lam, const T* gi, const uint8_t* mask, const T
   return total;
 }
 
-// One plane of the single-layer forward, scalar (the reduced types). The flags are template parameters so that every inner loop is
-// branch-free; full 8-element chunks have a constant trip count and vectorise.
+// One plane of the single-layer forward, scalar (the reduced types). The flags are template parameters so
+// that every inner loop is branch-free.
 template <typename scalar_t, Act A, bool kOut, bool kMask, bool kValue>
 void single_update_plane(const scalar_t* u, const scalar_t* z, scalar_t* out, uint8_t* mask, scalar_t* val,
                          int64_t hw, at::opmath_type<scalar_t> h) {
@@ -172,28 +184,28 @@ void single_update_plane(const scalar_t* u, const scalar_t* z, scalar_t* out, ui
 template <typename scalar_t, Act A, bool kOut, bool kMask, bool kValue>
 void single_update_kernel(const at::Tensor& u, const at::Tensor& z, double h, const at::Tensor& u_next,
                           const at::Tensor& aux_out) {
-  const int64_t hw = u.size(2) * u.size(3);
-  const int64_t mbytes = mask_bytes(hw);
+  const Segments seg(u.size(0) * u.size(1), u.size(2) * u.size(3));
   const scalar_t* up = u.const_data_ptr<scalar_t>();
   const scalar_t* zp = z.const_data_ptr<scalar_t>();
   scalar_t* outp = kOut ? u_next.mutable_data_ptr<scalar_t>() : nullptr;
   uint8_t* maskp = kMask ? aux_out.mutable_data_ptr<uint8_t>() : nullptr;
   scalar_t* valp = kValue ? aux_out.mutable_data_ptr<scalar_t>() : nullptr;
   const auto hh = static_cast<at::opmath_type<scalar_t>>(h);
-  at::parallel_for(0, u.size(0) * u.size(1), plane_grain(hw), [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      auto* const o = outp + (kOut ? p * hw : 0);
-      auto* const m = maskp + (kMask ? p * mbytes : 0);
-      auto* const v = valp + (kValue ? p * hw : 0);
+  at::parallel_for(0, seg.count, seg.grain(), [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t e = seg.plane(w) * seg.hw + seg.begin(w), n = seg.length(w);
+      auto* const o = outp + (kOut ? e : 0);
+      auto* const m = maskp + (kMask ? seg.plane(w) * seg.mbytes + seg.begin(w) / 8 : 0);
+      auto* const v = valp + (kValue ? e : 0);
       if constexpr (kVectorised<scalar_t>)
-        single_update_plane_vec<scalar_t, A, kOut, kMask, kValue>(up + p * hw, zp + p * hw, o, m, v, hw, hh);
+        single_update_plane_vec<scalar_t, A, kOut, kMask, kValue>(up + e, zp + e, o, m, v, n, hh);
       else
-        single_update_plane<scalar_t, A, kOut, kMask, kValue>(up + p * hw, zp + p * hw, o, m, v, hw, hh);
+        single_update_plane<scalar_t, A, kOut, kMask, kValue>(up + e, zp + e, o, m, v, n, hh);
     }
   });
 }
 
-// One plane of the adjoint gate; returns the plane's sum of g.
+// One plane of the adjoint gate, scalar (the reduced types); returns the plane's sum of g.
 template <typename scalar_t, Act A, Aux K, bool kGi, bool kV>
 at::opmath_type<scalar_t> adjoint_gate_plane(const scalar_t* lam, const scalar_t* gi, const uint8_t* mask,
                                              const scalar_t* val, const at::opmath_type<scalar_t>* table,
@@ -236,8 +248,7 @@ void adjoint_gate_kernel(const at::Tensor& lam, const at::Tensor& gi, const at::
                          const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t B = lam.size(0), C = lam.size(1);
-  const int64_t hw = lam.size(2) * lam.size(3);
-  const int64_t mbytes = mask_bytes(hw);
+  const Segments seg(B * C, lam.size(2) * lam.size(3));
   const scalar_t* lamp = lam.const_data_ptr<scalar_t>();
   const scalar_t* gip = kGi ? gi.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* vp = kV ? v_out.mutable_data_ptr<scalar_t>() : nullptr;
@@ -246,23 +257,25 @@ void adjoint_gate_kernel(const at::Tensor& lam, const at::Tensor& gi, const at::
   const scalar_t* valp = K == Aux::Value ? aux.const_data_ptr<scalar_t>() : nullptr;
   const opmath_t* table = K == Aux::Mask ? mask_derivative_table<opmath_t, A>() : nullptr;
   const opmath_t s = static_cast<opmath_t>(scale);
-  std::vector<opmath_t> plane_sums(B * C);
+  std::vector<opmath_t> item_sums(seg.count);
 
-  at::parallel_for(0, B * C, plane_grain(hw), [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t off = p * hw;
-      const scalar_t* const gi_p = kGi ? gip + off : nullptr;
-      const uint8_t* const mask_p = K == Aux::Mask ? maskp + p * mbytes : nullptr;
-      const scalar_t* const val_p = K == Aux::Value ? valp + off : nullptr;
-      scalar_t* const v_p = kV ? vp + off : nullptr;
+  at::parallel_for(0, seg.count, seg.grain(), [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t e = seg.plane(w) * seg.hw + seg.begin(w), n = seg.length(w);
+      const scalar_t* const gi_p = kGi ? gip + e : nullptr;
+      const uint8_t* const mask_p = K == Aux::Mask ? maskp + seg.plane(w) * seg.mbytes + seg.begin(w) / 8 : nullptr;
+      const scalar_t* const val_p = K == Aux::Value ? valp + e : nullptr;
+      scalar_t* const v_p = kV ? vp + e : nullptr;
       if constexpr (kVectorised<scalar_t>)
-        plane_sums[p] = adjoint_gate_plane_vec<scalar_t, A, K, kGi, kV>(lamp + off, gi_p, mask_p, val_p, table, v_p,
-                                                                        gp + off, hw, s);
+        item_sums[w] = adjoint_gate_plane_vec<scalar_t, A, K, kGi, kV>(lamp + e, gi_p, mask_p, val_p, table, v_p,
+                                                                       gp + e, n, s);
       else
-        plane_sums[p] = adjoint_gate_plane<scalar_t, A, K, kGi, kV>(lamp + off, gi_p, mask_p, val_p, table, v_p,
-                                                                    gp + off, hw, s);
+        item_sums[w] = adjoint_gate_plane<scalar_t, A, K, kGi, kV>(lamp + e, gi_p, mask_p, val_p, table, v_p,
+                                                                   gp + e, n, s);
     }
   });
+  std::vector<opmath_t> plane_sums(B * C, opmath_t(0));
+  for (int64_t w = 0; w < seg.count; ++w) plane_sums[seg.plane(w)] += item_sums[w];
   if (!bias_grad.defined()) return;
   std::vector<opmath_t> channel(C, opmath_t(0));
   for (int64_t b = 0; b < B; ++b)
