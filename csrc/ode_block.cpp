@@ -137,27 +137,27 @@ void single_update(const at::Tensor& u_in, const at::Tensor& z_in, const Problem
   single_update_cpu(u, z, p.h, p.act, kind, u_next, aux_out);
 }
 
-// In channels_last the pass leaves the bias gradient to an ATen reduction over (B, H, W).
+// In channels_last the tensors go to the passes flat; the bias gradient is reduced in the pass where the device
+// can (CUDA with C % 8 == 0), else by an ATen reduction over (B, H, W).
 void adjoint_gate(const at::Tensor& lam_in, const at::Tensor& gi_in, const at::Tensor& aux_in, Aux kind,
                   const Problem& p, double scale, const at::Tensor& v_in, const at::Tensor& g_in,
-                  const at::Tensor& bias_grad_in) {
+                  const at::Tensor& bias_grad) {
   const bool cl = p.channels_last();
   const at::Tensor lam = cl ? flat(lam_in) : lam_in, gi = cl ? flat(gi_in) : gi_in;
   const at::Tensor aux = cl && kind == Aux::Value ? flat(aux_in) : aux_in;
   const at::Tensor v_out = cl ? flat(v_in) : v_in, g_out = cl ? flat(g_in) : g_in;
-  const at::Tensor bias_grad = cl ? at::Tensor() : bias_grad_in;
-  auto finish = [&] {
-    if (cl) at::sum_out(const_cast<at::Tensor&>(bias_grad_in), g_in, {0, 2, 3});
-  };
+  bool wrote_bias = false;
 #ifdef CONTRES_WITH_CUDA
   if (lam.is_cuda()) {
-    adjoint_gate_cuda(lam, gi, aux, kind, p.act, scale, v_out, g_out, bias_grad);
-    return finish();
-  }
+    wrote_bias = adjoint_gate_cuda(lam, gi, aux, kind, p.act, scale, v_out, g_out, bias_grad, cl ? p.C : 0);
+  } else
 #endif
-  TORCH_CHECK(lam.is_cpu(), "contres: no fused kernel for device ", lam.device(), " in this build");
-  adjoint_gate_cpu(lam, gi, aux, kind, p.act, scale, v_out, g_out, bias_grad);
-  finish();
+  {
+    TORCH_CHECK(lam.is_cpu(), "contres: no fused kernel for device ", lam.device(), " in this build");
+    adjoint_gate_cpu(lam, gi, aux, kind, p.act, scale, v_out, g_out, cl ? at::Tensor() : bias_grad);
+    wrote_bias = !cl;
+  }
+  if (!wrote_bias) at::sum_out(const_cast<at::Tensor&>(bias_grad), g_in, {0, 2, 3});
 }
 
 void activation_out(const at::Tensor& a, const at::Tensor& z, Act act) {

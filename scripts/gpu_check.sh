@@ -33,7 +33,7 @@ fi
 if [[ ",$SKIP," != *",sanitizer,"* ]]; then
   for tool in memcheck racecheck; do
     stamp "compute-sanitizer --tool $tool"
-    timeout 150 compute-sanitizer --tool "$tool" --kernel-regex kns=contres --error-exitcode 9 \
+    timeout 150 compute-sanitizer --tool "$tool" --kernel-name regex:contres --error-exitcode 9 \
       "$PY" scripts/sanitize_case.py > "$OUT/sanitizer_$tool.log.tmp" 2>&1
     rc=$?
     { echo "### $tool (exit code $rc)"; cat "$OUT/sanitizer_$tool.log.tmp"; } >> "$OUT/sanitizer.log"

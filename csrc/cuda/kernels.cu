@@ -13,8 +13,9 @@ namespace cuda_detail {
 #define CONTRES_DECLARE_LAUNCHERS(T)                                                                              \
   extern template void single_update_launch<T>(const at::Tensor&, const at::Tensor&, double, Act, Aux,           \
                                                const at::Tensor&, const at::Tensor&);                            \
-  extern template void adjoint_gate_launch<T>(const at::Tensor&, const at::Tensor&, const at::Tensor&, Aux, Act,  \
-                                              double, const at::Tensor&, const at::Tensor&, const at::Tensor&);
+  extern template bool adjoint_gate_launch<T>(const at::Tensor&, const at::Tensor&, const at::Tensor&, Aux, Act,  \
+                                              double, const at::Tensor&, const at::Tensor&, const at::Tensor&,   \
+                                              int64_t);
 CONTRES_DECLARE_LAUNCHERS(float)
 CONTRES_DECLARE_LAUNCHERS(double)
 CONTRES_DECLARE_LAUNCHERS(c10::Half)
@@ -29,13 +30,17 @@ void single_update_cuda(const at::Tensor& u, const at::Tensor& z, double h, Act 
   });
 }
 
-void adjoint_gate_cuda(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
-                       double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad) {
+bool adjoint_gate_cuda(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
+                       double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad,
+                       int64_t cl_channels) {
   TORCH_CHECK(v_out.defined() == gi.defined(), "contres: adjoint_gate writes v exactly when gi is given");
   const c10::cuda::CUDAGuard guard(lam.device());
+  bool wrote_bias = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, lam.scalar_type(), "contres_adjoint_gate_cuda", [&] {
-    cuda_detail::adjoint_gate_launch<scalar_t>(lam, gi, aux, aux_kind, act, scale, v_out, g_out, bias_grad);
+    wrote_bias = cuda_detail::adjoint_gate_launch<scalar_t>(lam, gi, aux, aux_kind, act, scale, v_out, g_out,
+                                                            bias_grad, cl_channels);
   });
+  return wrote_bias;
 }
 
 namespace {

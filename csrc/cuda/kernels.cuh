@@ -10,7 +10,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <numeric>
 #include <type_traits>
+
+#include <cuda_runtime.h>
 
 #include "../kernels.h"
 
@@ -98,15 +101,13 @@ __global__ void single_update_kernel(const scalar_t* __restrict__ u, const scala
 
 constexpr int kGateThreads = 256;
 
-// One chunk of the adjoint gate: g = scale * act' * (lam [+ gi]), v written when gi is given; returns the
-// chunk's sum of g.
-template <typename scalar_t, Act A, Aux K, bool kGi, bool kVec>
-__device__ __forceinline__ at::opmath_type<scalar_t> gate_chunk(const ChunkIndex& c, const scalar_t* lam,
-                                                                const scalar_t* gi, const uint8_t* mask,
-                                                                const scalar_t* val, scalar_t* v_out, scalar_t* g_out,
-                                                                at::opmath_type<scalar_t> scale) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  opmath_t v[8], d[8], g[8];
+// One chunk of the adjoint gate: g = scale * act' * (lam [+ gi]), stored and returned in g (lanes past c.cnt
+// are zero); v written when gi is given.
+template <typename scalar_t, Act A, Aux K, bool kGi, bool kVec, typename opmath_t = at::opmath_type<scalar_t>>
+__device__ __forceinline__ void gate_chunk(const ChunkIndex& c, const scalar_t* lam, const scalar_t* gi,
+                                           const uint8_t* mask, const scalar_t* val, scalar_t* v_out, scalar_t* g_out,
+                                           opmath_t scale, opmath_t (&g)[8]) {
+  opmath_t v[8], d[8];
   load8<scalar_t, kVec>(lam, c.elem, c.cnt, v);
   if constexpr (kGi) {
     opmath_t add[8];
@@ -127,14 +128,23 @@ __device__ __forceinline__ at::opmath_type<scalar_t> gate_chunk(const ChunkIndex
 #pragma unroll
     for (int t = 0; t < 8; ++t) d[t] = opmath_t(1);
   }
-  opmath_t acc = 0;
 #pragma unroll
-  for (int t = 0; t < 8; ++t) {
-    g[t] = scale * d[t] * v[t];
-    acc += t < c.cnt ? g[t] : opmath_t(0);
-  }
+  for (int t = 0; t < 8; ++t) g[t] = t < c.cnt ? scale * d[t] * v[t] : opmath_t(0);
   store8<scalar_t, kVec>(g_out, c.elem, c.cnt, g);
-  return acc;
+}
+
+// Sum of v over the block, valid in thread 0; blockDim.x is a multiple of 32 and at most kGateThreads.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  __shared__ T warp_sums[kGateThreads / 32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < (blockDim.x + 31) / 32 ? warp_sums[threadIdx.x] : T(0);
+  if (warp == 0)
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  return v;
 }
 
 // Without a bias reduction (channels_last: the driver reduces with ATen): a grid-stride loop over all chunks.
@@ -143,9 +153,45 @@ __global__ void adjoint_gate_flat_kernel(const scalar_t* __restrict__ lam, const
                                          const uint8_t* __restrict__ mask, const scalar_t* __restrict__ val,
                                          scalar_t* v_out, scalar_t* g_out, int64_t chunks, int64_t hw, int64_t mbytes,
                                          at::opmath_type<scalar_t> scale) {
+  at::opmath_type<scalar_t> g[8];
   for (int64_t chunk = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; chunk < chunks;
        chunk += int64_t(gridDim.x) * blockDim.x)
-    gate_chunk<scalar_t, A, K, kGi, kVec>(chunk_index(chunk, hw, mbytes), lam, gi, mask, val, v_out, g_out, scale);
+    gate_chunk<scalar_t, A, K, kGi, kVec>(chunk_index(chunk, hw, mbytes), lam, gi, mask, val, v_out, g_out, scale, g);
+}
+
+// channels_last with C % 8 == 0: chunk j holds channels (8j) % C .. +7. The grid has T threads with 8T % C == 0,
+// so every chunk a thread visits holds the same 8 channels; it sums them in registers and writes its 8 partial
+// sums to partial[tid * 8 + lane]. channels_last_bias_kernel then reduces them in a fixed order.
+template <typename scalar_t, Act A, Aux K, bool kGi>
+__global__ void adjoint_gate_channels_last_kernel(const scalar_t* __restrict__ lam, const scalar_t* gi,
+                                                  const uint8_t* __restrict__ mask, const scalar_t* __restrict__ val,
+                                                  scalar_t* v_out, scalar_t* g_out,
+                                                  at::opmath_type<scalar_t>* __restrict__ partial, int64_t chunks,
+                                                  at::opmath_type<scalar_t> scale) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, threads = int64_t(gridDim.x) * blockDim.x;
+  opmath_t acc[8] = {}, g[8];
+  for (int64_t chunk = tid; chunk < chunks; chunk += threads) {
+    gate_chunk<scalar_t, A, K, kGi, true>(ChunkIndex{8 * chunk, chunk, 8}, lam, gi, mask, val, v_out, g_out, scale,
+                                          g);
+#pragma unroll
+    for (int t = 0; t < 8; ++t) acc[t] += g[t];
+  }
+#pragma unroll
+  for (int t = 0; t < 8; ++t) partial[tid * 8 + t] = acc[t];
+}
+
+// One block per channel c: bias_grad[c] = sum of partial[tid * 8 + c % 8] over the threads tid whose chunks
+// hold channel c, i.e. tid = c / 8 (mod C / 8).
+template <typename scalar_t>
+__global__ void channels_last_bias_kernel(const at::opmath_type<scalar_t>* __restrict__ partial,
+                                          scalar_t* __restrict__ out, int64_t threads, int64_t C) {
+  const int64_t c = blockIdx.x, groups = C / 8;
+  at::opmath_type<scalar_t> acc = 0;
+  for (int64_t tid = c / 8 + threadIdx.x * groups; tid < threads; tid += int64_t(blockDim.x) * groups)
+    acc += partial[tid * 8 + c % 8];
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) out[c] = static_cast<scalar_t>(acc);
 }
 
 // One block per plane, with the plane's sum of g to partial[plane].
@@ -156,21 +202,15 @@ __global__ void adjoint_gate_kernel(const scalar_t* __restrict__ lam, const scal
                                     int64_t hw, int64_t mbytes, at::opmath_type<scalar_t> scale) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t plane = blockIdx.x;
-  opmath_t acc = 0;
-  for (int64_t j = threadIdx.x; j < mbytes; j += blockDim.x)
-    acc += gate_chunk<scalar_t, A, K, kGi, kVec>(chunk_index(plane * mbytes + j, hw, mbytes), lam, gi, mask, val,
-                                                 v_out, g_out, scale);
-  // Block reduction: warp shuffles, then one value per warp in shared memory.
-  for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
-  __shared__ opmath_t warp_sums[kGateThreads / 32];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) warp_sums[warp] = acc;
-  __syncthreads();
-  if (warp == 0) {
-    acc = lane < (blockDim.x + 31) / 32 ? warp_sums[lane] : opmath_t(0);
-    for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
-    if (lane == 0) partial[plane] = acc;
+  opmath_t acc = 0, g[8];
+  for (int64_t j = threadIdx.x; j < mbytes; j += blockDim.x) {
+    gate_chunk<scalar_t, A, K, kGi, kVec>(chunk_index(plane * mbytes + j, hw, mbytes), lam, gi, mask, val, v_out,
+                                          g_out, scale, g);
+#pragma unroll
+    for (int t = 0; t < 8; ++t) acc += g[t];
   }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) partial[plane] = acc;
 }
 
 // bias_grad[c] = sum_b partial[b * C + c], in a fixed order.
@@ -228,16 +268,18 @@ void single_update_launch(const at::Tensor& u, const at::Tensor& z, double h, Ac
   });
 }
 
+// Returns whether bias_grad was written. cl_channels = 0: NCHW planes, reduced per plane then over the batch.
+// cl_channels = C > 0: the tensors are flat channels_last data; the bias is reduced in the pass when C % 8 == 0
+// and the data are 8-aligned, else left to the caller.
 template <typename scalar_t>
-void adjoint_gate_launch(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
-                         double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad) {
+bool adjoint_gate_launch(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
+                         double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad,
+                         int64_t cl_channels) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t B = lam.size(0), C = lam.size(1), hw = lam.size(2) * lam.size(3), mbytes = mask_bytes(hw);
+  const int64_t chunks = B * C * mbytes;
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const bool reduce = bias_grad.defined();
-  const int threads = static_cast<int>(std::min<int64_t>(kGateThreads, std::max<int64_t>(32, (mbytes + 31) / 32 * 32)));
-  const at::Tensor partial =
-      reduce ? at::empty({B * C}, lam.options().dtype(c10::CppTypeToScalarType<opmath_t>::value)) : at::Tensor();
+  const auto opmath_options = lam.options().dtype(c10::CppTypeToScalarType<opmath_t>::value);
   const scalar_t* lamp = lam.const_data_ptr<scalar_t>();
   const scalar_t* gip = gi.defined() ? gi.const_data_ptr<scalar_t>() : nullptr;
   const uint8_t* maskp = aux_kind == Aux::Mask ? aux.const_data_ptr<uint8_t>() : nullptr;
@@ -247,16 +289,37 @@ void adjoint_gate_launch(const at::Tensor& lam, const at::Tensor& gi, const at::
   const bool vec = hw % 8 == 0 && aligned8<scalar_t>(lamp) && aligned8<scalar_t>(gip) && aligned8<scalar_t>(valp) &&
                    aligned8<scalar_t>(vp) && aligned8<scalar_t>(gp);
   const auto s = static_cast<opmath_t>(scale);
+  enum class Mode { Planes, ChannelsLast, NoBias } mode = Mode::NoBias;
+  if (bias_grad.defined() && cl_channels == 0) mode = Mode::Planes;
+  if (bias_grad.defined() && cl_channels > 0 && cl_channels % 8 == 0 && vec) mode = Mode::ChannelsLast;
+
+  // ChannelsLast grid: about two blocks per SM, rounded so that 8 * threads % C == 0.
+  int64_t cl_blocks = 0;
+  at::Tensor partial;
+  if (mode == Mode::ChannelsLast) {
+    int device = 0, sms = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int64_t groups = cl_channels / 8, step = groups / std::gcd<int64_t>(groups, kGateThreads);
+    cl_blocks = std::max<int64_t>(1, std::min<int64_t>(2 * sms, (chunks + kGateThreads - 1) / kGateThreads));
+    cl_blocks = (cl_blocks + step - 1) / step * step;
+    partial = at::empty({cl_blocks * kGateThreads * 8}, opmath_options);
+  } else if (mode == Mode::Planes) {
+    partial = at::empty({B * C}, opmath_options);
+  }
   dispatch_activation(act, [&](auto tag) {
     constexpr Act A = decltype(tag)::value;
     auto launch = [&](auto kind, auto with_gi, auto vec_tag) {
       constexpr Aux K = decltype(kind)::value;
       constexpr bool kGi = decltype(with_gi)::value, kVec = decltype(vec_tag)::value;
-      if (reduce) {
+      if (mode == Mode::Planes) {
+        const int threads = static_cast<int>(std::min<int64_t>(kGateThreads, (mbytes + 31) / 32 * 32));
         adjoint_gate_kernel<scalar_t, A, K, kGi, kVec><<<B * C, threads, 0, stream>>>(
             lamp, gip, maskp, valp, vp, gp, partial.mutable_data_ptr<opmath_t>(), hw, mbytes, s);
+      } else if (mode == Mode::ChannelsLast) {
+        adjoint_gate_channels_last_kernel<scalar_t, A, K, kGi><<<cl_blocks, kGateThreads, 0, stream>>>(
+            lamp, gip, maskp, valp, vp, gp, partial.mutable_data_ptr<opmath_t>(), chunks, s);
       } else {
-        const int64_t chunks = B * C * mbytes;
         adjoint_gate_flat_kernel<scalar_t, A, K, kGi, kVec><<<grid_for(chunks, kGateThreads), kGateThreads, 0,
                                                               stream>>>(lamp, gip, maskp, valp, vp, gp, chunks, hw,
                                                                         mbytes, s);
@@ -277,17 +340,24 @@ void adjoint_gate_launch(const at::Tensor& lam, const at::Tensor& gi, const at::
       default: by_gi(std::integral_constant<Aux, Aux::None>{}); break;
     }
   });
-  if (!reduce) return;
-  channel_sum_kernel<scalar_t><<<grid_for(C, 128), 128, 0, stream>>>(partial.const_data_ptr<opmath_t>(),
-                                                                    bias_grad.mutable_data_ptr<scalar_t>(), B, C);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (mode == Mode::Planes) {
+    channel_sum_kernel<scalar_t><<<grid_for(C, 128), 128, 0, stream>>>(partial.const_data_ptr<opmath_t>(),
+                                                                      bias_grad.mutable_data_ptr<scalar_t>(), B, C);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else if (mode == Mode::ChannelsLast) {
+    channels_last_bias_kernel<scalar_t><<<cl_channels, kGateThreads, 0, stream>>>(
+        partial.const_data_ptr<opmath_t>(), bias_grad.mutable_data_ptr<scalar_t>(), cl_blocks * kGateThreads,
+        cl_channels);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return mode != Mode::NoBias;
 }
 
 #define CONTRES_INSTANTIATE_LAUNCHERS(T)                                                                          \
   template void single_update_launch<T>(const at::Tensor&, const at::Tensor&, double, Act, Aux, const at::Tensor&, \
                                         const at::Tensor&);                                                        \
-  template void adjoint_gate_launch<T>(const at::Tensor&, const at::Tensor&, const at::Tensor&, Aux, Act, double,  \
-                                       const at::Tensor&, const at::Tensor&, const at::Tensor&);
+  template bool adjoint_gate_launch<T>(const at::Tensor&, const at::Tensor&, const at::Tensor&, Aux, Act, double,  \
+                                       const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t);
 
 }  // namespace cuda_detail
 }  // namespace contres
