@@ -33,7 +33,8 @@ fi
 if [[ ",$SKIP," != *",sanitizer,"* ]]; then
   for tool in memcheck racecheck; do
     stamp "compute-sanitizer --tool $tool"
-    timeout 150 compute-sanitizer --tool "$tool" --kernel-name regex:contres --error-exitcode 9 \
+    # No --kernel-name filter: racecheck fails internally with one on Hopper; the case runs without cuDNN.
+    timeout 150 compute-sanitizer --tool "$tool" --error-exitcode 9 \
       "$PY" scripts/sanitize_case.py > "$OUT/sanitizer_$tool.log.tmp" 2>&1
     rc=$?
     { echo "### $tool (exit code $rc)"; cat "$OUT/sanitizer_$tool.log.tmp"; } >> "$OUT/sanitizer.log"
