@@ -28,11 +28,11 @@ void adjoint_gate_cpu(const at::Tensor& lam, const at::Tensor& gi, const at::Ten
 #ifdef CONTRES_WITH_CUDA
 void single_update_cuda(const at::Tensor& u, const at::Tensor& z, double h, Act act, Aux aux_kind,
                         const at::Tensor& u_next, const at::Tensor& aux_out);
-// As adjoint_gate_cpu; with cl_channels = C > 0 the tensors are flat channels_last data of C channels, and the
-// bias gradient is reduced in the pass where the layout allows (returns whether it wrote bias_grad).
+// As adjoint_gate_cpu, on flat channels_last data of `channels` channels (CUDA works in channels_last); the
+// bias gradient is reduced in the pass where the layout allows. Returns whether it wrote bias_grad.
 bool adjoint_gate_cuda(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
                        double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad,
-                       int64_t cl_channels);
+                       int64_t channels);
 #endif
 
 // Bytes of bit-packed mask per plane of hw elements.

@@ -149,7 +149,8 @@ void adjoint_gate(const at::Tensor& lam_in, const at::Tensor& gi_in, const at::T
   bool wrote_bias = false;
 #ifdef CONTRES_WITH_CUDA
   if (lam.is_cuda()) {
-    wrote_bias = adjoint_gate_cuda(lam, gi, aux, kind, p.act, scale, v_out, g_out, bias_grad, cl ? p.C : 0);
+    TORCH_CHECK(cl, "contres: the CUDA passes work on channels_last data");
+    wrote_bias = adjoint_gate_cuda(lam, gi, aux, kind, p.act, scale, v_out, g_out, bias_grad, p.C);
   } else
 #endif
   {

@@ -32,13 +32,13 @@ void single_update_cuda(const at::Tensor& u, const at::Tensor& z, double h, Act 
 
 bool adjoint_gate_cuda(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
                        double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad,
-                       int64_t cl_channels) {
+                       int64_t channels) {
   TORCH_CHECK(v_out.defined() == gi.defined(), "contres: adjoint_gate writes v exactly when gi is given");
   const c10::cuda::CUDAGuard guard(lam.device());
   bool wrote_bias = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, lam.scalar_type(), "contres_adjoint_gate_cuda", [&] {
     wrote_bias = cuda_detail::adjoint_gate_launch<scalar_t>(lam, gi, aux, aux_kind, act, scale, v_out, g_out,
-                                                            bias_grad, cl_channels);
+                                                            bias_grad, channels);
   });
   return wrote_bias;
 }

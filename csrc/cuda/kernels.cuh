@@ -1,5 +1,7 @@
 // Device templates of the fused passes and their typed launchers. Each kernels_<dtype>.cu file instantiates
 // the launchers for its dtypes, so nvcc compiles the dtypes in parallel; kernels.cu dispatches on dtype.
+// One thread handles one 8-element chunk (one mask byte); complete, aligned chunks use 8-wide vector loads.
+// The bias gradient is reduced without atomics, in a fixed order, so it is deterministic.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -147,7 +149,7 @@ __device__ __forceinline__ T block_sum(T v) {
   return v;
 }
 
-// Without a bias reduction (channels_last: the driver reduces with ATen): a grid-stride loop over all chunks.
+// Without the bias reduction (the driver then reduces with ATen): a grid-stride loop over all chunks.
 template <typename scalar_t, Act A, Aux K, bool kGi, bool kVec>
 __global__ void adjoint_gate_flat_kernel(const scalar_t* __restrict__ lam, const scalar_t* gi,
                                          const uint8_t* __restrict__ mask, const scalar_t* __restrict__ val,
@@ -194,36 +196,6 @@ __global__ void channels_last_bias_kernel(const at::opmath_type<scalar_t>* __res
   if (threadIdx.x == 0) out[c] = static_cast<scalar_t>(acc);
 }
 
-// One block per plane, with the plane's sum of g to partial[plane].
-template <typename scalar_t, Act A, Aux K, bool kGi, bool kVec>
-__global__ void adjoint_gate_kernel(const scalar_t* __restrict__ lam, const scalar_t* gi,
-                                    const uint8_t* __restrict__ mask, const scalar_t* __restrict__ val,
-                                    scalar_t* v_out, scalar_t* g_out, at::opmath_type<scalar_t>* __restrict__ partial,
-                                    int64_t hw, int64_t mbytes, at::opmath_type<scalar_t> scale) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t plane = blockIdx.x;
-  opmath_t acc = 0, g[8];
-  for (int64_t j = threadIdx.x; j < mbytes; j += blockDim.x) {
-    gate_chunk<scalar_t, A, K, kGi, kVec>(chunk_index(plane * mbytes + j, hw, mbytes), lam, gi, mask, val, v_out,
-                                          g_out, scale, g);
-#pragma unroll
-    for (int t = 0; t < 8; ++t) acc += g[t];
-  }
-  acc = block_sum(acc);
-  if (threadIdx.x == 0) partial[plane] = acc;
-}
-
-// bias_grad[c] = sum_b partial[b * C + c], in a fixed order.
-template <typename scalar_t>
-__global__ void channel_sum_kernel(const at::opmath_type<scalar_t>* __restrict__ partial, scalar_t* __restrict__ out,
-                                   int64_t B, int64_t C) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (c >= C) return;
-  at::opmath_type<scalar_t> acc = 0;
-  for (int64_t b = 0; b < B; ++b) acc += partial[b * C + c];
-  out[c] = static_cast<scalar_t>(acc);
-}
-
 inline int64_t grid_for(int64_t work, int threads) {
   return std::max<int64_t>(1, std::min<int64_t>((work + threads - 1) / threads, int64_t(1) << 20));
 }
@@ -268,18 +240,17 @@ void single_update_launch(const at::Tensor& u, const at::Tensor& z, double h, Ac
   });
 }
 
-// Returns whether bias_grad was written. cl_channels = 0: NCHW planes, reduced per plane then over the batch.
-// cl_channels = C > 0: the tensors are flat channels_last data; the bias is reduced in the pass when C % 8 == 0
-// and the data are 8-aligned, else left to the caller.
+// The tensors are flat channels_last data of `channels` channels (CUDA works in channels_last, see
+// internal_memory_format). Returns whether bias_grad was written: it is reduced in the pass when C % 8 == 0 and
+// the data are 8-aligned, else left to the caller.
 template <typename scalar_t>
 bool adjoint_gate_launch(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
                          double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad,
-                         int64_t cl_channels) {
+                         int64_t channels) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t B = lam.size(0), C = lam.size(1), hw = lam.size(2) * lam.size(3), mbytes = mask_bytes(hw);
-  const int64_t chunks = B * C * mbytes;
+  const int64_t hw = lam.size(2) * lam.size(3), mbytes = mask_bytes(hw);
+  const int64_t chunks = lam.size(0) * lam.size(1) * mbytes;
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const auto opmath_options = lam.options().dtype(c10::CppTypeToScalarType<opmath_t>::value);
   const scalar_t* lamp = lam.const_data_ptr<scalar_t>();
   const scalar_t* gip = gi.defined() ? gi.const_data_ptr<scalar_t>() : nullptr;
   const uint8_t* maskp = aux_kind == Aux::Mask ? aux.const_data_ptr<uint8_t>() : nullptr;
@@ -289,34 +260,26 @@ bool adjoint_gate_launch(const at::Tensor& lam, const at::Tensor& gi, const at::
   const bool vec = hw % 8 == 0 && aligned8<scalar_t>(lamp) && aligned8<scalar_t>(gip) && aligned8<scalar_t>(valp) &&
                    aligned8<scalar_t>(vp) && aligned8<scalar_t>(gp);
   const auto s = static_cast<opmath_t>(scale);
-  enum class Mode { Planes, ChannelsLast, NoBias } mode = Mode::NoBias;
-  if (bias_grad.defined() && cl_channels == 0) mode = Mode::Planes;
-  if (bias_grad.defined() && cl_channels > 0 && cl_channels % 8 == 0 && vec) mode = Mode::ChannelsLast;
+  const bool fuse_bias = bias_grad.defined() && channels % 8 == 0 && vec;
 
-  // ChannelsLast grid: about two blocks per SM, rounded so that 8 * threads % C == 0.
+  // The fused-bias grid: about two blocks per SM, rounded so that 8 * threads % C == 0.
   int64_t cl_blocks = 0;
   at::Tensor partial;
-  if (mode == Mode::ChannelsLast) {
+  if (fuse_bias) {
     int device = 0, sms = 0;
     C10_CUDA_CHECK(cudaGetDevice(&device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const int64_t groups = cl_channels / 8, step = groups / std::gcd<int64_t>(groups, kGateThreads);
+    const int64_t groups = channels / 8, step = groups / std::gcd<int64_t>(groups, kGateThreads);
     cl_blocks = std::max<int64_t>(1, std::min<int64_t>(2 * sms, (chunks + kGateThreads - 1) / kGateThreads));
     cl_blocks = (cl_blocks + step - 1) / step * step;
-    partial = at::empty({cl_blocks * kGateThreads * 8}, opmath_options);
-  } else if (mode == Mode::Planes) {
-    partial = at::empty({B * C}, opmath_options);
+    partial = at::empty({cl_blocks * kGateThreads * 8}, lam.options().dtype(c10::CppTypeToScalarType<opmath_t>::value));
   }
   dispatch_activation(act, [&](auto tag) {
     constexpr Act A = decltype(tag)::value;
     auto launch = [&](auto kind, auto with_gi, auto vec_tag) {
       constexpr Aux K = decltype(kind)::value;
       constexpr bool kGi = decltype(with_gi)::value, kVec = decltype(vec_tag)::value;
-      if (mode == Mode::Planes) {
-        const int threads = static_cast<int>(std::min<int64_t>(kGateThreads, (mbytes + 31) / 32 * 32));
-        adjoint_gate_kernel<scalar_t, A, K, kGi, kVec><<<B * C, threads, 0, stream>>>(
-            lamp, gip, maskp, valp, vp, gp, partial.mutable_data_ptr<opmath_t>(), hw, mbytes, s);
-      } else if (mode == Mode::ChannelsLast) {
+      if (fuse_bias) {
         adjoint_gate_channels_last_kernel<scalar_t, A, K, kGi><<<cl_blocks, kGateThreads, 0, stream>>>(
             lamp, gip, maskp, valp, vp, gp, partial.mutable_data_ptr<opmath_t>(), chunks, s);
       } else {
@@ -340,17 +303,11 @@ bool adjoint_gate_launch(const at::Tensor& lam, const at::Tensor& gi, const at::
       default: by_gi(std::integral_constant<Aux, Aux::None>{}); break;
     }
   });
-  if (mode == Mode::Planes) {
-    channel_sum_kernel<scalar_t><<<grid_for(C, 128), 128, 0, stream>>>(partial.const_data_ptr<opmath_t>(),
-                                                                      bias_grad.mutable_data_ptr<scalar_t>(), B, C);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  } else if (mode == Mode::ChannelsLast) {
-    channels_last_bias_kernel<scalar_t><<<cl_channels, kGateThreads, 0, stream>>>(
-        partial.const_data_ptr<opmath_t>(), bias_grad.mutable_data_ptr<scalar_t>(), cl_blocks * kGateThreads,
-        cl_channels);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  return mode != Mode::NoBias;
+  if (!fuse_bias) return false;
+  channels_last_bias_kernel<scalar_t><<<channels, kGateThreads, 0, stream>>>(
+      partial.const_data_ptr<opmath_t>(), bias_grad.mutable_data_ptr<scalar_t>(), cl_blocks * kGateThreads, channels);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
 }
 
 #define CONTRES_INSTANTIATE_LAUNCHERS(T)                                                                          \
