@@ -45,8 +45,7 @@ class ODEBlock(nn.Module):
         functional._check_positive_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (1, 3, 5, 7, ...), got {kernel_size}")
-        if isinstance(T, bool) or not isinstance(T, (int, float)) or not math.isfinite(T) or T <= 0:
-            raise ValueError(f"T must be a positive finite number, got {T!r}")
+        functional._check_final_time(T)
         functional._check_choice("layer", layer, functional.LAYERS)
         functional._check_choice("activation", activation, functional.ACTIVATIONS)
         functional._check_choice("interp", interp, functional.INTERPS)

@@ -25,6 +25,11 @@ def _check_positive_int(name: str, value) -> int:
     return value
 
 
+def _check_final_time(T) -> None:
+    if isinstance(T, bool) or not isinstance(T, (int, float)) or not math.isfinite(T) or T <= 0:
+        raise ValueError(f"T must be a positive finite number, got {T!r}")
+
+
 def checkpoint_stride(checkpoint, n_steps: int) -> int:
     """0 (keep everything) or the stride s of saved states: True -> ceil(sqrt(n_steps))."""
     if checkpoint is False or checkpoint is None or checkpoint == 0:
@@ -43,8 +48,7 @@ def validate(x, weight, bias, *, T, n_steps, layer, activation, interp, backend)
     _check_choice("interp", interp, INTERPS)
     _check_choice("backend", backend, BACKENDS)
     _check_positive_int("n_steps", n_steps)
-    if isinstance(T, bool) or not isinstance(T, (int, float)) or not math.isfinite(T) or T <= 0:
-        raise ValueError(f"T must be a positive finite number, got {T!r}")
+    _check_final_time(T)
     for name, t in (("x", x), ("weight", weight), ("bias", bias)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
