@@ -1,7 +1,7 @@
-// CPU implementations of the fused elementwise passes (see kernels.h), parallel over planes with
-// at::parallel_for. float and double use at::vec (AVX2 when the build host has it: setup.py adds -mavx2
-// -mfma, and the vector types then live in their own at::vec::AVX2 namespace); the reduced types run the
-// same maths in scalar loops with float accumulation.
+// CPU implementations of the fused elementwise passes (see kernels.h), parallel over planes (or segments of
+// them) with at::parallel_for. float and double use at::vec (AVX2 when the build host has it: setup.py adds
+// -mavx2 -mfma -mf16c, and the vector types then live in their own at::vec::AVX2 namespace); the reduced types
+// run the same maths in scalar loops with float accumulation.
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(CPU_CAPABILITY)
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
@@ -76,52 +76,89 @@ Vectorized<T> df_value_vec(const Vectorized<T>& a) {
   else return a * (one - a);
 }
 
-// Vectorised forward of one plane (float, double).
+// Bit t of mask[j] is the sign bit of z[8j + t] (see Activation::mask_bit), for the n elements of a segment.
+template <Act A, typename T>
+void pack_mask(const T* z, uint8_t* mask, int64_t n) {
+  for (int64_t j = 0; 8 * j < n; ++j) {
+    const int cnt = static_cast<int>(std::min<int64_t>(8, n - 8 * j));
+    unsigned bits = 0;
+    for (int t = 0; t < cnt; ++t) bits |= static_cast<unsigned>(Activation<A>::mask_bit(z[8 * j + t])) << t;
+    mask[j] = static_cast<uint8_t>(bits);
+  }
+}
+
+// Forward of one segment, scalar: the reduced types, and the tails of the vectorised version. The flags are
+// template parameters so that every inner loop is branch-free.
+template <typename scalar_t, Act A, bool kOut, bool kMask, bool kValue>
+void single_update_plane(const scalar_t* u, const scalar_t* z, scalar_t* out, uint8_t* mask, scalar_t* val,
+                         int64_t n, at::opmath_type<scalar_t> h) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  if constexpr (kOut || kValue) {
+    for (int64_t i = 0; i < n; ++i) {
+      const opmath_t a = Activation<A>::f(static_cast<opmath_t>(z[i]));
+      if constexpr (kValue) val[i] = static_cast<scalar_t>(a);
+      if constexpr (kOut) out[i] = static_cast<scalar_t>(static_cast<opmath_t>(u[i]) + h * a);
+    }
+  }
+  if constexpr (kMask) pack_mask<A>(z, mask, n);
+}
+
+// Forward of one segment, vectorised (float, double): whole mask bytes with at::vec, the rest scalar.
 template <typename T, Act A, bool kOut, bool kMask, bool kValue>
-void single_update_plane_vec(const T* u, const T* z, T* out, uint8_t* mask, T* val, int64_t hw, T h) {
+void single_update_plane_vec(const T* u, const T* z, T* out, uint8_t* mask, T* val, int64_t n, T h) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  const Vec hv(h);
-  int64_t i = 0;
+  static_assert(8 % V == 0, "a vector must not straddle two mask bytes");
+  const int64_t body = n / 8 * 8;
   if constexpr (kOut || kValue) {
-    for (; i + V <= hw; i += V) {
+    const Vec hv(h);
+    for (int64_t i = 0; i < body; i += V) {
       const Vec a = act_vec<A>(Vec::loadu(z + i));
       if constexpr (kValue) a.store(val + i);
       if constexpr (kOut) at::vec::fmadd(hv, a, Vec::loadu(u + i)).store(out + i);
     }
-    for (; i < hw; ++i) {
-      const T a = Activation<A>::f(z[i]);
-      if constexpr (kValue) val[i] = a;
-      if constexpr (kOut) out[i] = u[i] + h * a;
-    }
   }
-  if constexpr (kMask) {
-    const int64_t full = hw / 8;
-    for (int64_t j = 0; j < full; ++j) {
-      unsigned bits = 0;
-      for (int t = 0; t < 8; ++t) bits |= static_cast<unsigned>(Activation<A>::mask_bit(z[8 * j + t])) << t;
-      mask[j] = static_cast<uint8_t>(bits);
-    }
-    if (full * 8 < hw) {
-      unsigned bits = 0;
-      for (int64_t k = full * 8; k < hw; ++k) bits |= static_cast<unsigned>(Activation<A>::mask_bit(z[k])) << (k - full * 8);
-      mask[full] = static_cast<uint8_t>(bits);
-    }
-  }
+  if constexpr (kMask) pack_mask<A>(z, mask, body);
+  single_update_plane<T, A, kOut, kMask, kValue>(u + body, z + body, kOut ? out + body : nullptr,
+                                                 kMask ? mask + body / 8 : nullptr, kValue ? val + body : nullptr,
+                                                 n - body, h);
 }
 
-// Vectorised adjoint gate of one plane (float, double); returns the plane's sum of g. Writing v over gi or g
-// over lam is safe: each vector is loaded before the same addresses are stored.
+// Adjoint gate of one segment, scalar (the reduced types, and the tails of the vectorised version); returns
+// the segment's sum of g. Writing v over gi or g over lam is safe: each element is read before it is written.
+template <typename scalar_t, Act A, Aux K, bool kGi, bool kV>
+at::opmath_type<scalar_t> adjoint_gate_plane(const scalar_t* lam, const scalar_t* gi, const uint8_t* mask,
+                                             const scalar_t* val, const at::opmath_type<scalar_t>* table,
+                                             scalar_t* v_out, scalar_t* g_out, int64_t n,
+                                             at::opmath_type<scalar_t> scale) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  opmath_t acc = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    opmath_t v = static_cast<opmath_t>(lam[i]);
+    if constexpr (kGi) v += static_cast<opmath_t>(gi[i]);
+    if constexpr (kV) v_out[i] = static_cast<scalar_t>(v);
+    opmath_t d;
+    if constexpr (K == Aux::Mask) d = table[8 * mask[i / 8] + i % 8];
+    else if constexpr (K == Aux::Value) d = Activation<A>::df_value(static_cast<opmath_t>(val[i]));
+    else d = opmath_t(1);
+    const opmath_t g = scale * d * v;
+    g_out[i] = static_cast<scalar_t>(g);
+    acc += g;
+  }
+  return acc;
+}
+
+// Adjoint gate of one segment, vectorised (float, double): whole mask bytes with at::vec, the rest scalar.
 template <typename T, Act A, Aux K, bool kGi, bool kV>
 T adjoint_gate_plane_vec(const T* lam, const T* gi, const uint8_t* mask, const T* val, const T* table, T* v_out,
-                         T* g_out, int64_t hw, T scale) {
+                         T* g_out, int64_t n, T scale) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   static_assert(8 % V == 0, "a vector must not straddle two mask bytes");
+  const int64_t body = n / 8 * 8;
   const Vec sv(scale);
   Vec acc(0);
-  int64_t i = 0;
-  for (; i + V <= hw; i += V) {
+  for (int64_t i = 0; i < body; i += V) {
     Vec v = Vec::loadu(lam + i);
     if constexpr (kGi) v = v + Vec::loadu(gi + i);
     if constexpr (kV) v.store(v_out + i);
@@ -133,52 +170,11 @@ T adjoint_gate_plane_vec(const T* lam, const T* gi, const uint8_t* mask, const T
     g.store(g_out + i);
     acc = acc + g;
   }
-  T total = at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, acc);
-  for (; i < hw; ++i) {
-    T v = lam[i];
-    if constexpr (kGi) v += gi[i];
-    if constexpr (kV) v_out[i] = v;
-    T d;
-    if constexpr (K == Aux::Mask) d = table[8 * mask[i / 8] + i % 8];
-    else if constexpr (K == Aux::Value) d = Activation<A>::df_value(val[i]);
-    else d = T(1);
-    const T g = scale * d * v;
-    g_out[i] = g;
-    total += g;
-  }
-  return total;
-}
-
-// One plane of the single-layer forward, scalar (the reduced types). The flags are template parameters so
-// that every inner loop is branch-free.
-template <typename scalar_t, Act A, bool kOut, bool kMask, bool kValue>
-void single_update_plane(const scalar_t* u, const scalar_t* z, scalar_t* out, uint8_t* mask, scalar_t* val,
-                         int64_t hw, at::opmath_type<scalar_t> h) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  auto element = [&](int64_t i) {
-    const opmath_t a = Activation<A>::f(static_cast<opmath_t>(z[i]));
-    if constexpr (kValue) val[i] = static_cast<scalar_t>(a);
-    if constexpr (kOut) out[i] = static_cast<scalar_t>(static_cast<opmath_t>(u[i]) + h * a);
-  };
-  const int64_t full = hw / 8;
-  for (int64_t j = 0; j < full; ++j) {
-    const int64_t i0 = 8 * j;
-    if constexpr (kOut || kValue)
-      for (int t = 0; t < 8; ++t) element(i0 + t);
-    if constexpr (kMask) {
-      unsigned bits = 0;
-      for (int t = 0; t < 8; ++t) bits |= static_cast<unsigned>(Activation<A>::mask_bit(z[i0 + t])) << t;
-      mask[j] = static_cast<uint8_t>(bits);
-    }
-  }
-  if (full * 8 < hw) {
-    unsigned bits = 0;
-    for (int64_t i = full * 8; i < hw; ++i) {
-      if constexpr (kOut || kValue) element(i);
-      bits |= static_cast<unsigned>(Activation<A>::mask_bit(z[i])) << (i - full * 8);
-    }
-    if constexpr (kMask) mask[full] = static_cast<uint8_t>(bits);
-  }
+  return at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, acc) +
+         adjoint_gate_plane<T, A, K, kGi, kV>(lam + body, kGi ? gi + body : nullptr,
+                                              K == Aux::Mask ? mask + body / 8 : nullptr,
+                                              K == Aux::Value ? val + body : nullptr, table,
+                                              kV ? v_out + body : nullptr, g_out + body, n - body, scale);
 }
 
 template <typename scalar_t, Act A, bool kOut, bool kMask, bool kValue>
@@ -203,44 +199,6 @@ void single_update_kernel(const at::Tensor& u, const at::Tensor& z, double h, co
         single_update_plane<scalar_t, A, kOut, kMask, kValue>(up + e, zp + e, o, m, v, n, hh);
     }
   });
-}
-
-// One plane of the adjoint gate, scalar (the reduced types); returns the plane's sum of g.
-template <typename scalar_t, Act A, Aux K, bool kGi, bool kV>
-at::opmath_type<scalar_t> adjoint_gate_plane(const scalar_t* lam, const scalar_t* gi, const uint8_t* mask,
-                                             const scalar_t* val, const at::opmath_type<scalar_t>* table,
-                                             scalar_t* v_out, scalar_t* g_out, int64_t hw,
-                                             at::opmath_type<scalar_t> scale) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  auto element = [&](int64_t i, opmath_t d) {
-    opmath_t v = static_cast<opmath_t>(lam[i]);
-    if constexpr (kGi) v += static_cast<opmath_t>(gi[i]);
-    if constexpr (kV) v_out[i] = static_cast<scalar_t>(v);
-    const opmath_t g = scale * d * v;
-    g_out[i] = static_cast<scalar_t>(g);
-    return g;
-  };
-  auto derivative = [&](int64_t i) -> opmath_t {
-    if constexpr (K == Aux::Mask) return table[8 * mask[i / 8] + i % 8];
-    else if constexpr (K == Aux::Value) return Activation<A>::df_value(static_cast<opmath_t>(val[i]));
-    else return opmath_t(1);
-  };
-  opmath_t acc = 0;
-  const int64_t full = hw / 8;
-  for (int64_t j = 0; j < full; ++j) {
-    const int64_t i0 = 8 * j;
-    const opmath_t* drow = K == Aux::Mask ? table + 8 * mask[j] : nullptr;
-    opmath_t chunk[8];
-    for (int t = 0; t < 8; ++t) {
-      opmath_t d;
-      if constexpr (K == Aux::Mask) d = drow[t];
-      else d = derivative(i0 + t);
-      chunk[t] = element(i0 + t, d);
-    }
-    for (int t = 0; t < 8; ++t) acc += chunk[t];
-  }
-  for (int64_t i = full * 8; i < hw; ++i) acc += element(i, derivative(i));
-  return acc;
 }
 
 template <typename scalar_t, Act A, Aux K, bool kGi, bool kV>
