@@ -13,6 +13,10 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#if defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <array>
 #include <type_traits>
@@ -103,6 +107,27 @@ void single_update_plane(const scalar_t* u, const scalar_t* z, scalar_t* out, ui
   if constexpr (kMask) pack_mask<A>(z, mask, n);
 }
 
+// The mask byte of 8 consecutive z (bit t = Activation<A>::mask_bit(z[t])): one compare and movemask with
+// AVX2, which is most of the forward pass's time otherwise (measured: 4 of its 6 ms per 8 steps, B32 C32 32x32).
+template <Act A, typename T>
+uint8_t mask_byte(const T* z) {
+#if defined(CPU_CAPABILITY_AVX2)
+  // The predicates are mask_bit's: relu's !(z <= 0) is true for NaN (unordered), leaky_relu's z > 0 is not.
+  constexpr int kPredicate = A == Act::Relu ? _CMP_NLE_UQ : _CMP_GT_OQ;
+  if constexpr (std::is_same_v<T, float>) {
+    return static_cast<uint8_t>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(z), _mm256_setzero_ps(), kPredicate)));
+  } else if constexpr (std::is_same_v<T, double>) {
+    const __m256d zero = _mm256_setzero_pd();
+    const int lo = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(z), zero, kPredicate));
+    const int hi = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(z + 4), zero, kPredicate));
+    return static_cast<uint8_t>(lo | (hi << 4));
+  }
+#endif
+  uint8_t bits;
+  pack_mask<A>(z, &bits, 8);
+  return bits;
+}
+
 // Forward of one segment, vectorised (float, double): whole mask bytes with at::vec, the rest scalar.
 template <typename T, Act A, bool kOut, bool kMask, bool kValue>
 void single_update_plane_vec(const T* u, const T* z, T* out, uint8_t* mask, T* val, int64_t n, T h) {
@@ -110,15 +135,17 @@ void single_update_plane_vec(const T* u, const T* z, T* out, uint8_t* mask, T* v
   constexpr int64_t V = Vec::size();
   static_assert(8 % V == 0, "a vector must not straddle two mask bytes");
   const int64_t body = n / 8 * 8;
-  if constexpr (kOut || kValue) {
-    const Vec hv(h);
-    for (int64_t i = 0; i < body; i += V) {
-      const Vec a = act_vec<A>(Vec::loadu(z + i));
-      if constexpr (kValue) a.store(val + i);
-      if constexpr (kOut) at::vec::fmadd(hv, a, Vec::loadu(u + i)).store(out + i);
+  const Vec hv(h);
+  for (int64_t i = 0; i < body; i += 8) {
+    if constexpr (kOut || kValue) {
+      for (int64_t j = i; j < i + 8; j += V) {
+        const Vec a = act_vec<A>(Vec::loadu(z + j));
+        if constexpr (kValue) a.store(val + j);
+        if constexpr (kOut) at::vec::fmadd(hv, a, Vec::loadu(u + j)).store(out + j);
+      }
     }
+    if constexpr (kMask) mask[i / 8] = mask_byte<A>(z + i);
   }
-  if constexpr (kMask) pack_mask<A>(z, mask, body);
   single_update_plane<T, A, kOut, kMask, kValue>(u + body, z + body, kOut ? out + body : nullptr,
                                                  kMask ? mask + body / 8 : nullptr, kValue ? val + body : nullptr,
                                                  n - body, h);
