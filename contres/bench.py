@@ -8,6 +8,11 @@ For every device and case it measures, side by side in one run, the methods
   compiled     torch.compile (inductor) of the reference function
   torchdiffeq  torchdiffeq.odeint(method="euler") on the fixed grid t_k = k T / N with a piecewise-constant
                weight ODE function (only when torchdiffeq can be imported; otherwise left out silently)
+  fused_graphed, eager_graphed
+               CUDA only: fused and eager captured in CUDA graphs, forward and backward
+               (torch.cuda.make_graphed_callables), as a user with fixed shapes can run them; replay removes the
+               host cost of every launch, which bounds small shapes. Their memory lives in the graphs' private
+               pool and is not reported.
 
 and reports, per method: the median forward time and forward+backward time (the forward runs with autograd
 recording, as in training), their speed-up over eager, the activation memory (bytes allocated by the forward
@@ -51,7 +56,8 @@ import torch.nn.functional as F
 
 from . import _ext, functional, reference
 
-METHODS = ("fused", "fused_ckpt", "eager", "compiled", "torchdiffeq")
+METHODS = ("fused", "fused_ckpt", "eager", "compiled", "torchdiffeq", "fused_graphed", "eager_graphed")
+GRAPHED = ("fused_graphed", "eager_graphed")
 DEFAULT_ACTIVATION = {"single": "relu", "double_sym": "tanh"}
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
@@ -204,12 +210,23 @@ def _torchdiffeq_fn(case: Case) -> Callable:
     return fn
 
 
+def _graphed_fn(case: Case, build: Callable[[Case], Callable]) -> Callable:
+    """build(case) captured in CUDA graphs, forward and backward; calls copy their inputs into the graphs'."""
+    if case.device != "cuda":
+        raise MethodSkipped("CUDA graphs need a CUDA device", silent=True)
+    if case.autocast is not None:  # capture would need autocast(cache_enabled=False) around every call
+        raise MethodSkipped("not measured under autocast")
+    return torch.cuda.make_graphed_callables(build(case), make_inputs(case, seed=1).leaves)
+
+
 _BUILDERS = {
     "fused": lambda case: _fused_fn(case),
     "fused_ckpt": lambda case: _fused_fn(case, checkpoint=True),
     "eager": lambda case: _ode_block_fn(case, "reference"),
     "compiled": _compiled_fn,
     "torchdiffeq": _torchdiffeq_fn,
+    "fused_graphed": lambda case: _graphed_fn(case, _fused_fn),
+    "eager_graphed": lambda case: _graphed_fn(case, lambda c: _ode_block_fn(c, "reference")),
 }
 
 
@@ -430,11 +447,13 @@ def bench_method(name: str, case: Case, inputs: Inputs, ref, repeats: int, warmu
     diffs["max_rel_diff_out"] = diffs["max_diff_out"] / max(ref_out.detach().abs().max().item(), 1e-30)
     diffs["max_rel_diff_grad_w"] = diffs["max_diff_grad_w"] / max(ref_grads[1].abs().max().item(), 1e-30)
     del out, grads
+    times = dict(fwd_ms=time_ms(forward, case.device, repeats, warmup, max_s),
+                 fwd_bwd_ms=time_ms(fwd_bwd, case.device, repeats, warmup, max_s))
+    if name in GRAPHED:  # the allocator counters see nothing: the graphs own their memory from capture on
+        return _row(case, name, **times, **diffs)
     mem = forward_memory(forward, inputs, case.device)
-    return _row(case, name, fwd_ms=time_ms(forward, case.device, repeats, warmup, max_s),
-                fwd_bwd_ms=time_ms(fwd_bwd, case.device, repeats, warmup, max_s),
-                act_mem_bytes=mem["act"], act_mem_mib=mem["act"] / MIB, graph_mem_bytes=mem["graph"],
-                alloc_mem_bytes=mem["alloc"], peak_mem_bytes=mem["peak"], **diffs)
+    return _row(case, name, **times, act_mem_bytes=mem["act"], act_mem_mib=mem["act"] / MIB,
+                graph_mem_bytes=mem["graph"], alloc_mem_bytes=mem["alloc"], peak_mem_bytes=mem["peak"], **diffs)
 
 
 def add_ratios(rows: list) -> None:
@@ -446,7 +465,8 @@ def add_ratios(rows: list) -> None:
             continue
         r["speedup_fwd"] = e["fwd_ms"] / r["fwd_ms"]
         r["speedup_fwd_bwd"] = e["fwd_bwd_ms"] / r["fwd_bwd_ms"]
-        r["mem_ratio"] = r["act_mem_bytes"] / e["act_mem_bytes"] if e["act_mem_bytes"] else None
+        has_mem = r["act_mem_bytes"] is not None and e["act_mem_bytes"]
+        r["mem_ratio"] = r["act_mem_bytes"] / e["act_mem_bytes"] if has_mem else None
 
 
 def bench_case(case: Case, methods, repeats: int, warmup: int, max_s: Optional[float] = None,
