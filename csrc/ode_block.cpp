@@ -266,10 +266,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_backward(const at::Tensor& gr
 
   at::Tensor lam = lam0;  // dL/du_{k+1}, read-only until replaced by a buffer of our own
   at::Tensor gi;          // convT(g_{k+1}, K_{k+1}) not yet added to lam
+  at::Tensor g_buffer;    // g of the single layer: dead once its step's convolution backward has run
   auto backward_step = [&](int64_t k, const at::Tensor& u, const at::Tensor& aux_k) {
     if (p.layer == Layer::Single) {
       // v = lam + gi (in place in gi), g = h act'(z_k) v, bias grad: one pass.
-      at::Tensor g = at::empty_like(u);
+      if (!g_buffer.defined()) g_buffer = at::empty_like(u);
+      const at::Tensor& g = g_buffer;
       adjoint_gate(lam, gi, aux_k, p.aux, p, p.h, gi, g, grad_b[k]);
       if (gi.defined()) lam = gi;
       auto [gi_k, dK] = conv_backward(g, u, K[k], p, true);
