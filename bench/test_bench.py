@@ -30,19 +30,13 @@ class _Built:
         return self.methods[method]
 
     def _build(self, method):
-        case, inputs = self.case, self.inputs
-        try:
-            fn = cb.build_method(method, case)
-            out, grads = cb.fwd_bwd_runner(fn, inputs, case)()  # first call: compiles, and checks it runs
-        except cb.MethodSkipped as exc:
-            return exc
-        except Exception as exc:  # noqa: BLE001
-            return cb.MethodSkipped(f"failed: {cb._short_error(exc)}")
-        mem = cb.forward_memory(cb.forward_runner(fn, inputs, case), inputs, case.device)
-        info = {"act_mem_mib": mem["act"] / cb.MIB, "peak_mem_mib": mem["peak"] / cb.MIB,
-                "max_diff_out": cb.max_abs_diff(out, self.ref[0]),
-                "max_diff_grad_w": cb.max_abs_diff(grads[1], self.ref[1][1])}
-        return fn, info
+        """The method's Prepared (first call, memory, differences) or the MethodSkipped that says why not."""
+        prepared = cb.prepare_method(method, self.case, self.inputs, self.ref)
+        if prepared is None:
+            return cb.MethodSkipped("not available here", silent=True)
+        if prepared.forward is None:
+            return cb.MethodSkipped(prepared.row["note"])
+        return prepared
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +49,8 @@ def test_ode_block(benchmark, built, case, method, phase):
     entry = built.get(case, method)
     if isinstance(entry, cb.MethodSkipped):
         pytest.skip(str(entry))
-    fn, info = entry
-    make_runner = cb.forward_runner if phase == "fwd" else cb.fwd_bwd_runner
-    runner = cb.synced(make_runner(fn, built.inputs, case), case.device)
+    runner = cb.synced(entry.forward if phase == "fwd" else entry.fwd_bwd, case.device)
+    info = {key: entry.row[key] for key in ("act_mem_mib", "peak_mem_bytes", "max_diff_out", "max_diff_grad_w")}
     benchmark.group = f"{case.device} {case.name} {phase}"
     benchmark.extra_info.update(info, device=case.device, case=case.name, method=method, phase=phase)
     benchmark.pedantic(runner, rounds=ROUNDS, warmup_rounds=1, iterations=1)

@@ -15,7 +15,8 @@ For every device and case it measures, side by side in one run, the methods
                pool and is not reported.
 
 and reports, per method: the median forward time and forward+backward time (the forward runs with autograd
-recording, as in training), their speed-up over eager, the activation memory (bytes allocated by the forward
+recording, as in training; the methods are timed in interleaved rounds, so that a slow spell of a shared
+machine falls on all of them alike), their speed-up over eager, the activation memory (bytes allocated by the forward
 that are still alive when it returns: the output plus everything the graph keeps for the backward), its
 ratio to eager, and the max abs difference of the output and of the weight gradient from eager.
 
@@ -273,12 +274,14 @@ def synced(run: Callable, device: str) -> Callable:
 # Measurements
 
 MIN_REPEATS = 3
+ROUNDS = 3  # timing rounds per case, methods interleaved (see time_interleaved)
 
 
-def time_ms(run: Callable, device: str, repeats: int, warmup: int, max_s: Optional[float] = None) -> float:
-    """Median wall time of run() in milliseconds; CUDA events on the GPU, perf_counter on the CPU.
+def time_samples(run: Callable, device: str, repeats: int, warmup: int, max_s: Optional[float] = None,
+                 min_repeats: int = MIN_REPEATS) -> list:
+    """Wall times of run() in milliseconds; CUDA events on the GPU, perf_counter on the CPU.
 
-    Times `repeats` calls after `warmup` untimed ones; with max_s, stops early once MIN_REPEATS calls are
+    Times `repeats` calls after `warmup` untimed ones; with max_s, stops early once min_repeats calls are
     timed and max_s seconds have passed (keeps slow CPU cases within the run's time budget).
     """
     for _ in range(warmup):
@@ -287,7 +290,7 @@ def time_ms(run: Callable, device: str, repeats: int, warmup: int, max_s: Option
     times = []
     deadline = None if max_s is None else time.perf_counter() + max_s
     for _ in range(repeats):
-        if deadline is not None and len(times) >= MIN_REPEATS and time.perf_counter() > deadline:
+        if deadline is not None and len(times) >= min_repeats and time.perf_counter() > deadline:
             break
         if device == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -300,7 +303,12 @@ def time_ms(run: Callable, device: str, repeats: int, warmup: int, max_s: Option
             t0 = time.perf_counter()
             run()
             times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return times
+
+
+def time_ms(run: Callable, device: str, repeats: int, warmup: int, max_s: Optional[float] = None) -> float:
+    """Median of time_samples."""
+    return statistics.median(time_samples(run, device, repeats, warmup, max_s))
 
 
 @contextlib.contextmanager
@@ -429,31 +437,61 @@ def _short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:120] if lines else ''}"
 
 
-def bench_method(name: str, case: Case, inputs: Inputs, ref, repeats: int, warmup: int,
-                 max_s: Optional[float] = None) -> Optional[dict]:
-    """One row: times, memory and differences from eager (ref = (out, grads) of eager); None if silent skip."""
+@dataclasses.dataclass
+class Prepared:
+    """A method that ran once for this case: its runners, and its row without times (or a finished row)."""
+    name: str
+    row: dict
+    forward: Optional[Callable] = None
+    fwd_bwd: Optional[Callable] = None
+    times: dict = dataclasses.field(default_factory=lambda: {"fwd_ms": [], "fwd_bwd_ms": []})
+
+
+def prepare_method(name: str, case: Case, inputs: Inputs, ref) -> Optional[Prepared]:
+    """First call (compiles; differences from eager, ref = (out, grads) of eager) and memory; None if silent skip."""
     try:
         fn = build_method(name, case)
     except MethodSkipped as exc:
-        return None if exc.silent else _row(case, name, note=f"skipped: {exc}")
+        return None if exc.silent else Prepared(name, _row(case, name, note=f"skipped: {exc}"))
     forward, fwd_bwd = forward_runner(fn, inputs, case), fwd_bwd_runner(fn, inputs, case)
     try:
         out, grads = fwd_bwd()  # also the first warm-up (and torch.compile's compilation)
     except Exception as exc:  # noqa: BLE001  (compile failures, missing kernels, dtype gaps: report, go on)
         prefix = "compile failed" if name == "compiled" else "failed"
-        return _row(case, name, note=f"skipped: {prefix}: {_short_error(exc)}")
+        return Prepared(name, _row(case, name, note=f"skipped: {prefix}: {_short_error(exc)}"))
     ref_out, ref_grads = ref
     diffs = {"max_diff_out": max_abs_diff(out, ref_out), "max_diff_grad_w": max_abs_diff(grads[1], ref_grads[1])}
     diffs["max_rel_diff_out"] = diffs["max_diff_out"] / max(ref_out.detach().abs().max().item(), 1e-30)
     diffs["max_rel_diff_grad_w"] = diffs["max_diff_grad_w"] / max(ref_grads[1].abs().max().item(), 1e-30)
     del out, grads
-    times = dict(fwd_ms=time_ms(forward, case.device, repeats, warmup, max_s),
-                 fwd_bwd_ms=time_ms(fwd_bwd, case.device, repeats, warmup, max_s))
     if name in GRAPHED:  # the allocator counters see nothing: the graphs own their memory from capture on
-        return _row(case, name, **times, **diffs)
+        return Prepared(name, _row(case, name, **diffs), forward, fwd_bwd)
     mem = forward_memory(forward, inputs, case.device)
-    return _row(case, name, **times, act_mem_bytes=mem["act"], act_mem_mib=mem["act"] / MIB,
-                graph_mem_bytes=mem["graph"], alloc_mem_bytes=mem["alloc"], peak_mem_bytes=mem["peak"], **diffs)
+    return Prepared(name, _row(case, name, act_mem_bytes=mem["act"], act_mem_mib=mem["act"] / MIB,
+                               graph_mem_bytes=mem["graph"], alloc_mem_bytes=mem["alloc"],
+                               peak_mem_bytes=mem["peak"], **diffs), forward, fwd_bwd)
+
+
+def time_interleaved(prepared: list, device: str, repeats: int, warmup: int, max_s: Optional[float] = None,
+                     rounds: int = ROUNDS, on_done: Optional[Callable[[Prepared], None]] = None) -> None:
+    """Times every runnable method in `rounds` rounds; each round gives each method a block of
+    ceil(repeats / rounds) calls (after `warmup` untimed ones, which restore its steady state), so a slow
+    spell of a shared machine falls on all methods alike instead of on whichever ran then. Fills p.row's
+    fwd_ms / fwd_bwd_ms with the medians of all timed calls."""
+    runnable = [p for p in prepared if p.forward is not None]
+    rounds = max(1, min(rounds, repeats))
+    per_round = math.ceil(repeats / rounds)
+    block_s = None if max_s is None else max_s / rounds
+    min_per_round = math.ceil(MIN_REPEATS / rounds)
+    for r in range(rounds):
+        for p in runnable:
+            for key, run in (("fwd_ms", p.forward), ("fwd_bwd_ms", p.fwd_bwd)):
+                p.times[key] += time_samples(run, device, per_round, warmup, block_s, min_per_round)
+            if r == rounds - 1:
+                for key, samples in p.times.items():
+                    p.row[key] = statistics.median(samples)
+                if on_done is not None:
+                    on_done(p)
 
 
 def add_ratios(rows: list) -> None:
@@ -470,20 +508,29 @@ def add_ratios(rows: list) -> None:
 
 
 def bench_case(case: Case, methods, repeats: int, warmup: int, max_s: Optional[float] = None,
-               progress=None) -> list:
+               progress=None, rounds: int = ROUNDS) -> list:
     """All methods on one case; eager runs once first to give the reference output and gradients."""
     inputs = make_inputs(case)
     ref = fwd_bwd_runner(build_method("eager", case), inputs, case)()
     ref = (ref[0].detach(), tuple(g.detach() for g in ref[1]))
-    rows = []
+    prepared = []
     for name in methods:
         if progress is not None:
-            progress.set_postfix_str(f"{case.device} {case.name} {name}", refresh=True)
-        row = bench_method(name, case, inputs, ref, repeats, warmup, max_s)
-        if row is not None:
-            rows.append(row)
+            progress.set_postfix_str(f"{case.device} {case.name} {name}: first call", refresh=True)
+        p = prepare_method(name, case, inputs, ref)
+        if p is None or p.forward is None:
+            if progress is not None:
+                progress.update(1)
+        if p is not None:
+            prepared.append(p)
+
+    def done(p: Prepared) -> None:
         if progress is not None:
             progress.update(1)
+    if progress is not None:
+        progress.set_postfix_str(f"{case.device} {case.name}: timing {rounds} rounds", refresh=True)
+    time_interleaved(prepared, case.device, repeats, warmup, max_s, rounds, on_done=done)
+    rows = [p.row for p in prepared]
     add_ratios(rows)
     return rows
 
