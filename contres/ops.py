@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _ext
+from . import _ext, reference
 
 _AUX_MASK = ("relu", "leaky_relu")
 _AUX_NONE = ("identity",)
@@ -53,6 +53,19 @@ def ode_backward(grad_out, x, weight, bias, states, aux, h: float, layer: str, a
     return torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint)
 
 
+def _differentiable_backward(grad_out, x, weight, bias, h, layer, activation, _checkpoint):
+    """The adjoint as an autograd graph, for higher-order gradients (gradient penalties, Hessian-vector
+    products): the compiled adjoint is not differentiable itself, so the block is recomputed with the reference
+    and differentiated with create_graph=True, exact at the reference's speed and memory. None for the inputs
+    that do not require grad."""
+    needs = [t.requires_grad for t in (x, weight, bias)]
+    with torch.enable_grad():
+        leaves = [t if t.requires_grad else t.detach().requires_grad_() for t in (x, weight, bias)]
+        out = reference.euler_steps(*leaves, h, layer, activation)
+        grads = torch.autograd.grad(out, leaves, grad_out, create_graph=True)
+    return tuple(g if need else None for g, need in zip(grads, needs))
+
+
 def _register():
     @torch.library.register_fake("contres::ode_forward")
     def _ode_forward_fake(x, weight, bias, h, layer, activation, checkpoint):
@@ -78,6 +91,8 @@ def _register():
         x, weight, bias, states, aux = ctx.saved_tensors
         if grad_out is None:
             grad_out = torch.zeros_like(x)
+        if torch.is_grad_enabled():  # backward(create_graph=True): the gradient must itself be differentiable
+            return (*_differentiable_backward(grad_out, x, weight, bias, *ctx.config), None, None, None, None)
         grad_x, grad_w, grad_b = torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux, *ctx.config)
         return grad_x, grad_w, grad_b, None, None, None, None
 

@@ -79,9 +79,14 @@ def euler_step(u: torch.Tensor, K: torch.Tensor, b: torch.Tensor, h: float, laye
 
 def ode_block_steps(x: torch.Tensor, K: torch.Tensor, b: torch.Tensor, *, T: float, layer: str,
                     activation: str) -> torch.Tensor:
-    """Run n_steps = K.shape[0] Euler steps with the given per-step kernels and biases."""
+    """Run n_steps = K.shape[0] Euler steps on [0, T] with the given per-step kernels and biases."""
+    return euler_steps(x, K, b, float(T) / K.shape[0], layer, activation)
+
+
+def euler_steps(x: torch.Tensor, K: torch.Tensor, b: torch.Tensor, h: float, layer: str,
+                activation: str) -> torch.Tensor:
+    """K.shape[0] Euler steps of size h with the given per-step kernels and biases."""
     act = activation_fn(activation)
-    h = float(T) / K.shape[0]
     u = x
     for k in range(K.shape[0]):
         u = euler_step(u, K[k], b[k], h, layer, act)
