@@ -75,6 +75,20 @@ def validate(x, weight, bias, *, T, n_steps, layer, activation, interp, backend)
             raise RuntimeError(f"{name} is on {t.device} but x is on {x.device}; they must be on one device")
 
 
+def _under_grad_transform() -> bool:
+    """Inside torch.func.grad / vjp / jacrev / jvp / hessian, which the compiled ops' autograd (torch.library's
+    register_autograd) does not support; vmap alone is fine."""
+    if torch.compiler.is_compiling() or not torch._C._are_functorch_transforms_active():
+        return False
+    try:
+        from torch._C._functorch import TransformType
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+        return any(i.key() in (TransformType.Grad, TransformType.Jvp) for i in retrieve_all_functorch_interpreters())
+    except (ImportError, AttributeError):  # private API moved: assume the worst, the reference serves all
+        return True
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """'fused' or 'reference' for this device (see ode_block)."""
     if backend == "reference":
@@ -84,6 +98,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if not has:
             reason = _ext.LOAD_ERROR or f"this build of contres has no {device.type} kernels ({_ext.build_info()})"
             raise RuntimeError(f"backend='fused' is not available for device {device}: {reason}")
+        if _under_grad_transform():
+            raise RuntimeError("backend='fused' cannot run under torch.func.grad / vjp / jacrev / jvp: torch.library "
+                               "custom ops do not support these transforms; use backend='auto' (which falls back "
+                               "to the reference there) or backend='reference'. vmap alone works with 'fused'.")
         return "fused"
     if not has:
         if device.type not in _warned_fallback:
@@ -91,6 +109,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             warnings.warn(f"contres: no fused kernels for {device.type} "
                           f"({_ext.LOAD_ERROR or 'not compiled in this build'}); using the reference implementation",
                           RuntimeWarning, stacklevel=3)
+        return "reference"
+    if _under_grad_transform():
+        if "func" not in _warned_fallback:
+            _warned_fallback.add("func")
+            warnings.warn("contres: torch.func.grad / vjp / jacrev / jvp cannot run the fused ops; using the "
+                          "reference implementation under these transforms", RuntimeWarning, stacklevel=3)
         return "reference"
     return "fused"
 
@@ -131,6 +155,10 @@ def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: f
     _check_choice("gradient", gradient, GRADIENTS)
     stride = checkpoint_stride(checkpoint, n_steps)
     if gradient == "continuous":
+        if _under_grad_transform():
+            raise RuntimeError("gradient='continuous' cannot run under torch.func.grad / vjp / jacrev / jvp: its "
+                               "backward solves the adjoint with torch.autograd; use torch.autograd.grad / "
+                               ".backward(), or gradient='discrete'")
         return adjoint.ode_block_continuous(x, weight, bias, T=float(T), n_steps=n_steps, layer=layer,
                                             activation=activation, interp=interp)
     if resolve_backend(backend, x.device) == "reference":
