@@ -1,8 +1,10 @@
 // The two fused elementwise passes of the ODE block, one implementation per device. Everything else in a
 // step (the convolutions) goes to ATen, i.e. oneDNN on the CPU and cuDNN on CUDA; see ode_block.cpp.
 //
-// Tensors are contiguous NCHW; a "plane" is one (b, c) image of H*W elements. Masks are bit-packed per
-// plane (bit t of byte j is element 8j+t of the plane), so no byte is shared between planes.
+// The passes see a contiguous 4-D tensor as size(0) * size(1) planes of size(2) * size(3) elements; the
+// driver hands them its channels_last data as one flat plane of B*C*H*W elements in memory order (all operands
+// share the layout, and elementwise work does not care which it is). Masks are bit-packed per plane (bit t of
+// byte j is element 8j+t of the plane), so no byte is shared between planes.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -12,24 +14,24 @@
 namespace contres {
 
 // Forward of the single layer: u_next = u + h * act(z).
-//   aux_out (kind Mask: uint8 (B, C, ceil(HW/8)); kind Value: act(z) like u) is written when defined;
+//   aux_out (kind Mask: uint8, mask_bytes(plane) per plane; kind Value: act(z) like u) is written when defined;
 //   u_next may be undefined when only the aux is wanted (recomputation in the checkpointed backward).
 void single_update_cpu(const at::Tensor& u, const at::Tensor& z, double h, Act act, Aux aux_kind,
                        const at::Tensor& u_next, const at::Tensor& aux_out);
 
 // Adjoint gate of one step:
 //   v = lam + gi (just lam when gi is undefined), written to v_out when v_out is defined;
-//   g = scale * act'(z) * v, written to g_out, with act'(z) taken from aux (see Aux);
-//   bias_grad (C) = sum over (B, H, W) of g, accumulated in opmath, deterministic; skipped when undefined.
+//   g = scale * act'(z) * v, written to g_out, with act'(z) taken from aux (see Aux).
 // v_out may alias gi and g_out may alias lam: every element is read before it is written.
 void adjoint_gate_cpu(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
-                      double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad);
+                      double scale, const at::Tensor& v_out, const at::Tensor& g_out);
 
 #ifdef CONTRES_WITH_CUDA
 void single_update_cuda(const at::Tensor& u, const at::Tensor& z, double h, Act act, Aux aux_kind,
                         const at::Tensor& u_next, const at::Tensor& aux_out);
-// As adjoint_gate_cpu, on flat channels_last data of `channels` channels (CUDA works in channels_last); the
-// bias gradient is reduced in the pass where the layout allows. Returns whether it wrote bias_grad.
+// As adjoint_gate_cpu, on flat channels_last data of `channels` channels; also reduces the bias gradient
+// bias_grad (C) = sum over (B, H, W) of g, deterministically, where the layout allows (C % 8 == 0). Returns
+// whether it wrote bias_grad.
 bool adjoint_gate_cuda(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
                        double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad,
                        int64_t channels);

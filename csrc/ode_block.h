@@ -2,16 +2,14 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <c10/core/MemoryFormat.h>
 #include <c10/util/string_view.h>
 
 #include <tuple>
 
 namespace contres {
 
-// The layout of every state-sized tensor inside the ops (and of the saved states): channels_last on CUDA,
-// NCHW on the CPU. The x-shaped outputs (u_N, dL/dx) keep x's own layout.
-at::MemoryFormat internal_memory_format(const at::Tensor& x);
+// Every state-sized tensor inside the ops, the saved states included, is channels_last; the x-shaped outputs
+// (u_N, dL/dx) keep x's own layout.
 
 // weight: per-step kernels (N, C, C, k, k); bias: per-step biases (N, C); h = T / N.
 // checkpoint = 0 keeps every state and the per-step aux for the backward; checkpoint = s > 0 keeps only

@@ -20,7 +20,6 @@
 #include <algorithm>
 #include <array>
 #include <type_traits>
-#include <vector>
 
 #include "../kernels.h"
 
@@ -151,15 +150,13 @@ void single_update_plane_vec(const T* u, const T* z, T* out, uint8_t* mask, T* v
                                                  n - body, h);
 }
 
-// Adjoint gate of one segment, scalar (the reduced types, and the tails of the vectorised version); returns
-// the segment's sum of g. Writing v over gi or g over lam is safe: each element is read before it is written.
+// Adjoint gate of one segment, scalar (the reduced types, and the tails of the vectorised version). Writing v
+// over gi or g over lam is safe: each element is read before it is written.
 template <typename scalar_t, Act A, Aux K, bool kGi, bool kV>
-at::opmath_type<scalar_t> adjoint_gate_plane(const scalar_t* lam, const scalar_t* gi, const uint8_t* mask,
-                                             const scalar_t* val, const at::opmath_type<scalar_t>* table,
-                                             scalar_t* v_out, scalar_t* g_out, int64_t n,
-                                             at::opmath_type<scalar_t> scale) {
+void adjoint_gate_plane(const scalar_t* lam, const scalar_t* gi, const uint8_t* mask, const scalar_t* val,
+                        const at::opmath_type<scalar_t>* table, scalar_t* v_out, scalar_t* g_out, int64_t n,
+                        at::opmath_type<scalar_t> scale) {
   using opmath_t = at::opmath_type<scalar_t>;
-  opmath_t acc = 0;
   for (int64_t i = 0; i < n; ++i) {
     opmath_t v = static_cast<opmath_t>(lam[i]);
     if constexpr (kGi) v += static_cast<opmath_t>(gi[i]);
@@ -168,23 +165,19 @@ at::opmath_type<scalar_t> adjoint_gate_plane(const scalar_t* lam, const scalar_t
     if constexpr (K == Aux::Mask) d = table[8 * mask[i / 8] + i % 8];
     else if constexpr (K == Aux::Value) d = Activation<A>::df_value(static_cast<opmath_t>(val[i]));
     else d = opmath_t(1);
-    const opmath_t g = scale * d * v;
-    g_out[i] = static_cast<scalar_t>(g);
-    acc += g;
+    g_out[i] = static_cast<scalar_t>(scale * d * v);
   }
-  return acc;
 }
 
 // Adjoint gate of one segment, vectorised (float, double): whole mask bytes with at::vec, the rest scalar.
 template <typename T, Act A, Aux K, bool kGi, bool kV>
-T adjoint_gate_plane_vec(const T* lam, const T* gi, const uint8_t* mask, const T* val, const T* table, T* v_out,
-                         T* g_out, int64_t n, T scale) {
+void adjoint_gate_plane_vec(const T* lam, const T* gi, const uint8_t* mask, const T* val, const T* table, T* v_out,
+                            T* g_out, int64_t n, T scale) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   static_assert(8 % V == 0, "a vector must not straddle two mask bytes");
   const int64_t body = n / 8 * 8;
   const Vec sv(scale);
-  Vec acc(0);
   for (int64_t i = 0; i < body; i += V) {
     Vec v = Vec::loadu(lam + i);
     if constexpr (kGi) v = v + Vec::loadu(gi + i);
@@ -193,15 +186,11 @@ T adjoint_gate_plane_vec(const T* lam, const T* gi, const uint8_t* mask, const T
     if constexpr (K == Aux::Mask) d = Vec::loadu(table + 8 * mask[i / 8] + i % 8);
     else if constexpr (K == Aux::Value) d = df_value_vec<A>(Vec::loadu(val + i));
     else d = Vec(1);
-    const Vec g = sv * d * v;
-    g.store(g_out + i);
-    acc = acc + g;
+    (sv * d * v).store(g_out + i);
   }
-  return at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, acc) +
-         adjoint_gate_plane<T, A, K, kGi, kV>(lam + body, kGi ? gi + body : nullptr,
-                                              K == Aux::Mask ? mask + body / 8 : nullptr,
-                                              K == Aux::Value ? val + body : nullptr, table,
-                                              kV ? v_out + body : nullptr, g_out + body, n - body, scale);
+  adjoint_gate_plane<T, A, K, kGi, kV>(lam + body, kGi ? gi + body : nullptr, K == Aux::Mask ? mask + body / 8 : nullptr,
+                                       K == Aux::Value ? val + body : nullptr, table, kV ? v_out + body : nullptr,
+                                       g_out + body, n - body, scale);
 }
 
 template <typename scalar_t, Act A, bool kOut, bool kMask, bool kValue>
@@ -230,10 +219,9 @@ void single_update_kernel(const at::Tensor& u, const at::Tensor& z, double h, co
 
 template <typename scalar_t, Act A, Aux K, bool kGi, bool kV>
 void adjoint_gate_kernel(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, double scale,
-                         const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad) {
+                         const at::Tensor& v_out, const at::Tensor& g_out) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t B = lam.size(0), C = lam.size(1);
-  const Segments seg(B * C, lam.size(2) * lam.size(3));
+  const Segments seg(lam.size(0) * lam.size(1), lam.size(2) * lam.size(3));
   const scalar_t* lamp = lam.const_data_ptr<scalar_t>();
   const scalar_t* gip = kGi ? gi.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* vp = kV ? v_out.mutable_data_ptr<scalar_t>() : nullptr;
@@ -242,7 +230,6 @@ void adjoint_gate_kernel(const at::Tensor& lam, const at::Tensor& gi, const at::
   const scalar_t* valp = K == Aux::Value ? aux.const_data_ptr<scalar_t>() : nullptr;
   const opmath_t* table = K == Aux::Mask ? mask_derivative_table<opmath_t, A>() : nullptr;
   const opmath_t s = static_cast<opmath_t>(scale);
-  std::vector<opmath_t> item_sums(seg.count);
 
   at::parallel_for(0, seg.count, seg.grain(), [&](int64_t begin, int64_t end) {
     for (int64_t w = begin; w < end; ++w) {
@@ -252,21 +239,11 @@ void adjoint_gate_kernel(const at::Tensor& lam, const at::Tensor& gi, const at::
       const scalar_t* const val_p = K == Aux::Value ? valp + e : nullptr;
       scalar_t* const v_p = kV ? vp + e : nullptr;
       if constexpr (kVectorised<scalar_t>)
-        item_sums[w] = adjoint_gate_plane_vec<scalar_t, A, K, kGi, kV>(lamp + e, gi_p, mask_p, val_p, table, v_p,
-                                                                       gp + e, n, s);
+        adjoint_gate_plane_vec<scalar_t, A, K, kGi, kV>(lamp + e, gi_p, mask_p, val_p, table, v_p, gp + e, n, s);
       else
-        item_sums[w] = adjoint_gate_plane<scalar_t, A, K, kGi, kV>(lamp + e, gi_p, mask_p, val_p, table, v_p,
-                                                                   gp + e, n, s);
+        adjoint_gate_plane<scalar_t, A, K, kGi, kV>(lamp + e, gi_p, mask_p, val_p, table, v_p, gp + e, n, s);
     }
   });
-  std::vector<opmath_t> plane_sums(B * C, opmath_t(0));
-  for (int64_t w = 0; w < seg.count; ++w) plane_sums[seg.plane(w)] += item_sums[w];
-  if (!bias_grad.defined()) return;
-  std::vector<opmath_t> channel(C, opmath_t(0));
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t c = 0; c < C; ++c) channel[c] += plane_sums[b * C + c];
-  scalar_t* bp = bias_grad.mutable_data_ptr<scalar_t>();
-  for (int64_t c = 0; c < C; ++c) bp[c] = static_cast<scalar_t>(channel[c]);
 }
 
 }  // namespace
@@ -288,14 +265,14 @@ void single_update_cpu(const at::Tensor& u, const at::Tensor& z, double h, Act a
 }
 
 void adjoint_gate_cpu(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
-                      double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad) {
+                      double scale, const at::Tensor& v_out, const at::Tensor& g_out) {
   TORCH_CHECK(v_out.defined() == gi.defined(), "contres: adjoint_gate writes v exactly when gi is given");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, lam.scalar_type(), "contres_adjoint_gate_cpu", [&] {
     dispatch_activation(act, [&](auto tag) {
       constexpr Act A = decltype(tag)::value;
       auto run = [&](auto kind, auto with_gi) {
         adjoint_gate_kernel<scalar_t, A, decltype(kind)::value, decltype(with_gi)::value,
-                            decltype(with_gi)::value>(lam, gi, aux, scale, v_out, g_out, bias_grad);
+                            decltype(with_gi)::value>(lam, gi, aux, scale, v_out, g_out);
       };
       auto by_gi = [&](auto kind) {
         if (gi.defined()) run(kind, std::true_type{});

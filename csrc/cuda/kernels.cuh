@@ -240,8 +240,8 @@ void single_update_launch(const at::Tensor& u, const at::Tensor& z, double h, Ac
   });
 }
 
-// The tensors are flat channels_last data of `channels` channels (CUDA works in channels_last, see
-// internal_memory_format). Returns whether bias_grad was written: it is reduced in the pass when C % 8 == 0 and
+// The tensors are flat channels_last data of `channels` channels (the ops work in channels_last, see
+// kLayout in ode_block.cpp). Returns whether bias_grad was written: it is reduced in the pass when C % 8 == 0 and
 // the data are 8-aligned, else left to the caller.
 template <typename scalar_t>
 bool adjoint_gate_launch(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
