@@ -86,3 +86,24 @@ def test_compile_functional_no_graph_break(device):
                                    (x, w, b))
         for a, r in zip(got, want):
             assert_close_rel(a, r, 1e-10)
+
+
+def test_torch_export_save_load_dynamic_batch(device, tmp_path):
+    """torch.export of a model holding an ODEBlock: the op stays one node, the batch dimension can be dynamic, and
+    the saved program loads and runs (the fake implementation gives export its shapes)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1),
+                          contres.ODEBlock(6, n_steps=3, n_controls=2, interp="linear", activation="tanh",
+                                           backend="fused"),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)).to(device=device, dtype=torch.float64)
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64, device=device)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    ops = [n.target for n in program.graph.nodes if "contres" in str(n.target)]
+    assert ops == [torch.ops.contres.ode_forward.default]
+    path = tmp_path / "model.pt2"
+    torch.export.save(program, path)
+    loaded = torch.export.load(path).module()
+    for B in (2, 5):
+        xb = torch.randn(B, 3, 7, 9, dtype=torch.float64, device=device)
+        with torch.no_grad():
+            assert_close_rel(loaded(xb), model(xb), 1e-12, f"exported output, batch {B}")
