@@ -39,45 +39,45 @@ def end_of_step_matrix(n_steps: int, n_controls: int, interp: str, *, dtype=torc
 
 class _ContinuousAdjoint(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, T: float, n_steps: int, layer: str, activation: str, interp: str):
+    def forward(ctx, x, weight, bias, T: float, n_steps: int, layer: str, activation: str, interp: str, norm: str):
         K, b = reference.interpolate_controls(weight, bias, n_steps, interp)
         act = reference.activation_fn(activation)
         h = T / n_steps
         u, states = x, []
         for k in range(n_steps):
-            u = reference.euler_step(u, K[k], b[k], h, layer, act)
+            u = reference.euler_step(u, K[k], b[k], h, layer, act, norm)
             states.append(u)
         # u_0 = x is never needed: every backward step linearises at the end of its forward step.
         ctx.save_for_backward(weight, bias, torch.stack(states))
-        ctx.config = (h, layer, activation, interp)
+        ctx.config = (h, layer, activation, interp, norm)
         return u
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         weight, bias, states = ctx.saved_tensors
-        h, layer, activation, interp = ctx.config
+        h, layer, activation, interp, norm = ctx.config
         n_steps = states.shape[0]
         W_end = end_of_step_matrix(n_steps, weight.shape[0], interp, dtype=weight.dtype, device=weight.device)
         K_end = torch.einsum("kj,j...->k...", W_end, weight)
         b_end = torch.einsum("kj,jc->kc", W_end, bias)
         lam, grad_K, grad_b = grad_out, [None] * n_steps, [None] * n_steps
         for k in reversed(range(n_steps)):
-            lam, grad_K[k], grad_b[k] = _step_vjp(states[k], K_end[k], b_end[k], lam, h, layer, activation)
+            lam, grad_K[k], grad_b[k] = _step_vjp(states[k], K_end[k], b_end[k], lam, h, layer, activation, norm)
         grad_weight = torch.einsum("kj,k...->j...", W_end, torch.stack(grad_K))
         grad_bias = torch.einsum("kj,kc->jc", W_end, torch.stack(grad_b))
-        return lam, grad_weight, grad_bias, None, None, None, None, None
+        return lam, grad_weight, grad_bias, None, None, None, None, None, None
 
 
-def _step_vjp(u, K, b, lam, h: float, layer: str, activation: str):
+def _step_vjp(u, K, b, lam, h: float, layer: str, activation: str, norm: str):
     """lam^T d(euler_step)/d(u, K, b) at (u, K, b): one explicit Euler step of the adjoint system."""
     with torch.enable_grad():
         u, K, b = (t.detach().requires_grad_(True) for t in (u, K, b))
-        out = reference.euler_step(u, K, b, h, layer, reference.activation_fn(activation))
+        out = reference.euler_step(u, K, b, h, layer, reference.activation_fn(activation), norm)
         return torch.autograd.grad(out, (u, K, b), lam)
 
 
 def ode_block_continuous(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: float, n_steps: int,
-                         layer: str, activation: str, interp: str) -> torch.Tensor:
+                         layer: str, activation: str, interp: str, norm: str = "none") -> torch.Tensor:
     """The ODE block's forward (same values as the reference) with the Optimize-Discretize gradient."""
-    return _ContinuousAdjoint.apply(x, weight, bias, float(T), int(n_steps), layer, activation, interp)
+    return _ContinuousAdjoint.apply(x, weight, bias, float(T), int(n_steps), layer, activation, interp, norm)

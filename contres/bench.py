@@ -88,6 +88,7 @@ class Case:
     autocast: Optional[str] = None  # None, "bfloat16" or "float16"
     T: float = 1.0
     kernel_size: int = 3
+    norm: str = "none"
 
     @property
     def n_controls(self) -> int:
@@ -99,7 +100,7 @@ class Case:
 
     @property
     def name(self) -> str:
-        parts = [f"{self.layer}/{self.activation}", f"B{self.batch}", f"C{self.channels}",
+        parts = [f"{self.layer}/{self.activation}" + ("/tv" if self.norm == "tv" else ""), f"B{self.batch}", f"C{self.channels}",
                  f"{self.size}x{self.size}", f"N{self.steps}"]
         if self.n_controls != self.steps:
             parts.append(f"M{self.n_controls}")
@@ -164,7 +165,8 @@ class MethodSkipped(Exception):
 def _ode_block_fn(case: Case, backend: str, checkpoint=False) -> Callable:
     def fn(x, weight, bias):
         return functional.ode_block(x, weight, bias, T=case.T, n_steps=case.steps, layer=case.layer,
-                                    activation=case.activation, backend=backend, checkpoint=checkpoint)
+                                    activation=case.activation, backend=backend, checkpoint=checkpoint,
+                                    norm=case.norm)
     return fn
 
 
@@ -177,7 +179,7 @@ def _fused_fn(case: Case, checkpoint=False) -> Callable:
 def _compiled_fn(case: Case) -> Callable:
     def fn(x, weight, bias):
         return reference.ode_block(x, weight, bias, T=case.T, n_steps=case.steps, layer=case.layer,
-                                   activation=case.activation)
+                                   activation=case.activation, norm=case.norm)
     import torch._dynamo
 
     torch._dynamo.reset()  # a fresh cache per case: no recompile limits, no stale graphs
@@ -202,6 +204,8 @@ def _torchdiffeq_fn(case: Case) -> Callable:
             k = min(int(round(float(t) / h)), N - 1)  # the step whose start time is t
             j = min(k * M // N, M - 1)  # "constant" interpolation: control j owns [jT/M, (j+1)T/M)
             z = F.conv2d(u, weight[j], bias[j], padding=pad)
+            if case.norm == "tv":
+                z = reference.tv_norm(z)
             if case.layer == "single":
                 return act(z)
             return -F.conv_transpose2d(act(z), weight[j], padding=pad)
@@ -564,10 +568,11 @@ def make_cases(device: str, args) -> list:
     layers = reference.LAYERS if args.layer in (None, "all") else (args.layer,)
     steps = args.steps or (4 if args.quick else DEFAULT_STEPS)
     cases = [Case(device, layer, args.activation or DEFAULT_ACTIVATION[layer], b, c, s, steps, args.controls,
-                  args.dtype, args.autocast)
+                  args.dtype, args.autocast, norm=args.norm)
              for (b, c, s) in shapes for layer in layers]
     is_default = not custom_shape and not args.quick and args.layer is None and args.activation is None \
-        and args.steps is None and args.controls is None and args.dtype == "float32" and args.autocast is None
+        and args.steps is None and args.controls is None and args.dtype == "float32" and args.autocast is None \
+        and args.norm == "none"
     if device == "cuda" and is_default:  # plus bf16 autocast on the large shape
         b, c, s = DEFAULT_SHAPES["cuda"][0]
         cases.append(Case(device, "single", "relu", b, c, s, DEFAULT_STEPS, None, "float32", "bfloat16"))
@@ -668,6 +673,8 @@ def parse_args(argv=None):
     p.add_argument("--activation", choices=reference.ACTIVATIONS,
                    help="default: relu for single, tanh for double_sym")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="default: float32")
+    p.add_argument("--norm", choices=reference.NORMS, default="none",
+                   help="'tv': normalise each pixel's channels inside the blocks (see ODEBlock; default: none)")
     p.add_argument("--autocast", choices=tuple(AUTOCAST), help="run the forwards under torch.autocast (float32 "
                    "inputs); the default CUDA run adds a bfloat16 autocast case")
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions, median reported (default: %(default)s)")

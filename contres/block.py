@@ -28,6 +28,8 @@ class ODEBlock(nn.Module):
     checkpoint: False, True (keep every ceil(sqrt(n_steps))-th state) or a stride; lowers the memory held
     between forward and backward at the cost of recomputing the forward in the backward.
     gradient: "discrete" (exact) or "continuous" (Optimize-Discretize, see contres.adjoint).
+    norm: "none", or "tv": each pixel's channel vector of conv(u, K) + b is divided by its length,
+    z / sqrt(sum_c z^2 + eps) with eps = contres.reference.TV_EPS, before the activation.
 
     Multilevel training: ``smoothness()`` is the time-smoothness regulariser of the controls, ``refine()``
     returns the block on other time grids with the same function of time.
@@ -35,7 +37,8 @@ class ODEBlock(nn.Module):
 
     def __init__(self, channels: int, n_steps: int = 4, n_controls: int | None = None, T: float = 1.0,
                  layer: str = "single", activation: str = "relu", interp: str = "constant", kernel_size: int = 3,
-                 backend: str = "auto", checkpoint=False, device=None, dtype=None, *, gradient: str = "discrete"):
+                 backend: str = "auto", checkpoint=False, device=None, dtype=None, *, gradient: str = "discrete",
+                 norm: str = "none"):
         super().__init__()
         functional._check_positive_int("channels", channels)
         functional._check_positive_int("n_steps", n_steps)
@@ -51,8 +54,9 @@ class ODEBlock(nn.Module):
         functional._check_choice("interp", interp, functional.INTERPS)
         functional._check_choice("backend", backend, functional.BACKENDS)
         functional._check_choice("gradient", gradient, functional.GRADIENTS)
+        functional._check_choice("norm", norm, functional.NORMS)
         functional.checkpoint_stride(checkpoint, n_steps)
-        self.gradient = gradient
+        self.gradient, self.norm = gradient, norm
         self.channels, self.n_steps, self.n_controls, self.T = channels, n_steps, n_controls, float(T)
         self.layer, self.activation, self.interp = layer, activation, interp
         self.kernel_size, self.backend, self.checkpoint = kernel_size, backend, checkpoint
@@ -77,7 +81,7 @@ class ODEBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return functional.ode_block(x, self.weight, self.bias, T=self.T, n_steps=self.n_steps, layer=self.layer,
                                     activation=self.activation, interp=self.interp, backend=self.backend,
-                                    checkpoint=self.checkpoint, gradient=self.gradient)
+                                    checkpoint=self.checkpoint, gradient=self.gradient, norm=self.norm)
 
     @property
     def control_spacing(self) -> float:
@@ -109,7 +113,7 @@ class ODEBlock(nn.Module):
         n_controls = self.n_controls if n_controls is None else n_controls
         new = ODEBlock(self.channels, n_steps, n_controls, self.T, self.layer, self.activation, self.interp,
                        self.kernel_size, self.backend, self.checkpoint, device=self.weight.device,
-                       dtype=self.weight.dtype, gradient=self.gradient)
+                       dtype=self.weight.dtype, gradient=self.gradient, norm=self.norm)
         R = resample_matrix(self.n_controls, n_controls, self.interp, dtype=self.weight.dtype,
                             device=self.weight.device)
         with torch.no_grad():
@@ -120,6 +124,7 @@ class ODEBlock(nn.Module):
 
     def extra_repr(self) -> str:
         gradient = "" if self.gradient == "discrete" else f", gradient={self.gradient!r}"
+        gradient += "" if self.norm == "none" else f", norm={self.norm!r}"
         return (f"{self.channels}, n_steps={self.n_steps}, n_controls={self.n_controls}, T={self.T}, "
                 f"layer={self.layer!r}, activation={self.activation!r}, interp={self.interp!r}, "
                 f"kernel_size={self.kernel_size}, backend={self.backend!r}, checkpoint={self.checkpoint}"

@@ -7,7 +7,7 @@ import warnings
 import torch
 
 from . import _ext, adjoint, ops, reference
-from .reference import ACTIVATIONS, INTERPS, LAYERS
+from .reference import ACTIVATIONS, INTERPS, LAYERS, NORMS
 
 BACKENDS = ("auto", "fused", "reference")
 GRADIENTS = ("discrete", "continuous")
@@ -41,11 +41,12 @@ def checkpoint_stride(checkpoint, n_steps: int) -> int:
     raise ValueError(f"checkpoint must be a bool or an integer stride >= 1, got {checkpoint!r}")
 
 
-def validate(x, weight, bias, *, T, n_steps, layer, activation, interp, backend) -> None:
+def validate(x, weight, bias, *, T, n_steps, layer, activation, interp, backend, norm="none") -> None:
     """Raise a clear error naming the bad argument; never touches the tensors' data."""
     _check_choice("layer", layer, LAYERS)
     _check_choice("activation", activation, ACTIVATIONS)
     _check_choice("interp", interp, INTERPS)
+    _check_choice("norm", norm, NORMS)
     _check_choice("backend", backend, BACKENDS)
     _check_positive_int("n_steps", n_steps)
     _check_final_time(T)
@@ -89,26 +90,34 @@ def _under_grad_transform() -> bool:
         return True
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """'fused' or 'reference' for this device (see ode_block)."""
+def _fused_unavailable(device: torch.device, norm: str):
+    """Why the fused ops cannot serve this device and norm, or None when they can."""
+    if not _ext.has_kernels(device.type):
+        return _ext.LOAD_ERROR or f"this build of contres has no {device.type} kernels ({_ext.build_info()})"
+    if norm != "none" and device.type != "cpu":
+        return f"norm={norm!r} has fused kernels on the CPU only so far"
+    return None
+
+
+def resolve_backend(backend: str, device: torch.device, norm: str = "none") -> str:
+    """'fused' or 'reference' for this device and norm (see ode_block)."""
     if backend == "reference":
         return "reference"
-    has = _ext.has_kernels(device.type)
+    reason = _fused_unavailable(device, norm)
     if backend == "fused":
-        if not has:
-            reason = _ext.LOAD_ERROR or f"this build of contres has no {device.type} kernels ({_ext.build_info()})"
+        if reason is not None:
             raise RuntimeError(f"backend='fused' is not available for device {device}: {reason}")
         if _under_grad_transform():
             raise RuntimeError("backend='fused' cannot run under torch.func.grad / vjp / jacrev / jvp: torch.library "
                                "custom ops do not support these transforms; use backend='auto' (which falls back "
                                "to the reference there) or backend='reference'. vmap alone works with 'fused'.")
         return "fused"
-    if not has:
-        if device.type not in _warned_fallback:
-            _warned_fallback.add(device.type)
-            warnings.warn(f"contres: no fused kernels for {device.type} "
-                          f"({_ext.LOAD_ERROR or 'not compiled in this build'}); using the reference implementation",
-                          RuntimeWarning, stacklevel=3)
+    if reason is not None:
+        key = (device.type, norm)
+        if key not in _warned_fallback:
+            _warned_fallback.add(key)
+            warnings.warn(f"contres: no fused kernels for {device.type} ({reason}); using the reference "
+                          "implementation", RuntimeWarning, stacklevel=3)
         return "reference"
     if _under_grad_transform():
         if "func" not in _warned_fallback:
@@ -136,7 +145,7 @@ def _autocast_inputs(x, weight, bias):
 
 def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: float = 1.0, n_steps: int,
               layer: str = "single", activation: str = "relu", interp: str = "constant", backend: str = "auto",
-              checkpoint=False, gradient: str = "discrete") -> torch.Tensor:
+              checkpoint=False, gradient: str = "discrete", norm: str = "none") -> torch.Tensor:
     """n_steps forward-Euler steps of du/dt = f(u, theta(t)) on [0, T] (design section 1).
 
     x: (B, C, H, W); weight: controls (n_controls, C, C, k, k); bias: (n_controls, C).
@@ -148,10 +157,12 @@ def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: f
     (Optimize-Discretize: the adjoint ODE solved backward with its own Euler steps, see contres.adjoint; an
     O(h) approximation for comparisons, computed with the reference step function whatever the backend, and
     ignoring checkpoint).
+    norm: 'none', or 'tv': each pixel's channel vector of z = conv(u) + b is divided by its length,
+    z / sqrt(sum_c z^2 + reference.TV_EPS), before the activation (fused on the CPU; the reference on CUDA).
     """
     x, weight, bias = _autocast_inputs(x, weight, bias)
     validate(x, weight, bias, T=T, n_steps=n_steps, layer=layer, activation=activation, interp=interp,
-             backend=backend)
+             backend=backend, norm=norm)
     _check_choice("gradient", gradient, GRADIENTS)
     stride = checkpoint_stride(checkpoint, n_steps)
     if gradient == "continuous":
@@ -160,9 +171,9 @@ def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: f
                                "backward solves the adjoint with torch.autograd; use torch.autograd.grad / "
                                ".backward(), or gradient='discrete'")
         return adjoint.ode_block_continuous(x, weight, bias, T=float(T), n_steps=n_steps, layer=layer,
-                                            activation=activation, interp=interp)
-    if resolve_backend(backend, x.device) == "reference":
+                                            activation=activation, interp=interp, norm=norm)
+    if resolve_backend(backend, x.device, norm) == "reference":
         return reference.ode_block(x, weight, bias, T=T, n_steps=n_steps, layer=layer, activation=activation,
-                                   interp=interp)
+                                   interp=interp, norm=norm)
     K, b = reference.interpolate_controls(weight, bias, n_steps, interp)
-    return ops.ode_forward(x, K, b, float(T) / n_steps, layer, activation, stride)[0]
+    return ops.ode_forward(x, K, b, float(T) / n_steps, layer, activation, stride, norm)[0]

@@ -1,12 +1,14 @@
 """Typed wrappers of the compiled ops, their fake (meta) implementations for torch.compile, and autograd.
 
-torch.ops.contres.ode_forward(x, weight, bias, h, layer, activation, checkpoint) -> (u_N, states, aux)
-torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint)
-    -> (grad_x, grad_weight, grad_bias)
+torch.ops.contres.ode_forward(x, weight, bias, h, layer, activation, checkpoint, norm="none")
+    -> (u_N, states, aux)
+torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint,
+    norm="none") -> (grad_x, grad_weight, grad_bias)
 
 weight (N, C, C, k, k) and bias (N, C) are per step (already interpolated from the controls).
 What the forward keeps for the backward (`states`, `aux`):
   checkpoint = 0: u_1 .. u_{N-1} (u_0 is x itself), and per step
+      norm="tv":                z itself (the backward recomputes the normalisation and act' from it);
       single + relu/leaky_relu: the sign of z, 1 bit per element;
       single + tanh/sigmoid:    act(z) (the backward needs act', which these give from act(z));
       single + identity:        nothing;
@@ -34,24 +36,27 @@ def _state_stack(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.new_empty((n, B, H, W, C)).permute(0, 1, 4, 2, 3)
 
 
-def _aux_like(x: torch.Tensor, n_steps: int, layer: str, activation: str, checkpoint: int) -> torch.Tensor:
-    if checkpoint != 0 or (layer == "single" and activation in _AUX_NONE):
+def _aux_like(x: torch.Tensor, n_steps: int, layer: str, activation: str, checkpoint: int,
+              norm: str) -> torch.Tensor:
+    if checkpoint != 0 or (layer == "single" and activation in _AUX_NONE and norm == "none"):
         return x.new_empty((0,))
     B, C, H, W = x.shape
-    if layer == "single" and activation in _AUX_MASK:
+    if layer == "single" and activation in _AUX_MASK and norm == "none":
         return x.new_empty((n_steps, B, C, (H * W + 7) // 8), dtype=torch.uint8)
     return _state_stack(x, n_steps)
 
 
-def ode_forward(x, weight, bias, h: float, layer: str, activation: str, checkpoint: int):
-    return torch.ops.contres.ode_forward(x, weight, bias, h, layer, activation, checkpoint)
+def ode_forward(x, weight, bias, h: float, layer: str, activation: str, checkpoint: int, norm: str = "none"):
+    return torch.ops.contres.ode_forward(x, weight, bias, h, layer, activation, checkpoint, norm)
 
 
-def ode_backward(grad_out, x, weight, bias, states, aux, h: float, layer: str, activation: str, checkpoint: int):
-    return torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint)
+def ode_backward(grad_out, x, weight, bias, states, aux, h: float, layer: str, activation: str, checkpoint: int,
+                 norm: str = "none"):
+    return torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint,
+                                          norm)
 
 
-def _differentiable_backward(grad_out, x, weight, bias, h, layer, activation, _checkpoint):
+def _differentiable_backward(grad_out, x, weight, bias, h, layer, activation, _checkpoint, norm):
     """The adjoint as an autograd graph, for higher-order gradients (gradient penalties, Hessian-vector
     products): the compiled adjoint is not differentiable itself, so the block is recomputed with the reference
     and differentiated with create_graph=True, exact at the reference's speed and memory. None for the inputs
@@ -59,29 +64,30 @@ def _differentiable_backward(grad_out, x, weight, bias, h, layer, activation, _c
     needs = [t.requires_grad for t in (x, weight, bias)]
     with torch.enable_grad():
         leaves = [t if t.requires_grad else t.detach().requires_grad_() for t in (x, weight, bias)]
-        out = reference.euler_steps(*leaves, h, layer, activation)
+        out = reference.euler_steps(*leaves, h, layer, activation, norm)
         grads = torch.autograd.grad(out, leaves, grad_out, create_graph=True)
     return tuple(g if need else None for g, need in zip(grads, needs))
 
 
 def _register():
     @torch.library.register_fake("contres::ode_forward")
-    def _ode_forward_fake(x, weight, bias, h, layer, activation, checkpoint):
+    def _ode_forward_fake(x, weight, bias, h, layer, activation, checkpoint, norm="none"):
         n_steps = weight.shape[0]
         out = torch.empty_like(x, memory_format=torch.preserve_format)
         states = _state_stack(x, _n_saved_states(n_steps, checkpoint))
-        return out, states, _aux_like(x, n_steps, layer, activation, checkpoint)
+        return out, states, _aux_like(x, n_steps, layer, activation, checkpoint, norm)
 
     @torch.library.register_fake("contres::ode_backward")
-    def _ode_backward_fake(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint):
+    def _ode_backward_fake(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint, norm="none"):
         return (torch.empty_like(x, memory_format=torch.preserve_format), weight.new_empty(weight.shape),
                 bias.new_empty(bias.shape))
 
     def _setup_context(ctx, inputs, output):
-        x, weight, bias, h, layer, activation, checkpoint = inputs
+        x, weight, bias, h, layer, activation, checkpoint, *rest = inputs
+        norm = rest[0] if rest else "none"  # a call that left the schema's default out
         _, states, aux = output
         ctx.save_for_backward(x, weight, bias, states, aux)
-        ctx.config = (h, layer, activation, checkpoint)
+        ctx.config = (h, layer, activation, checkpoint, norm)
         ctx.mark_non_differentiable(states, aux)
         ctx.set_materialize_grads(False)  # else autograd fills zero "gradients" of the saved states per backward
 
@@ -90,9 +96,9 @@ def _register():
         if grad_out is None:
             grad_out = torch.zeros_like(x)
         if torch.is_grad_enabled():  # backward(create_graph=True): the gradient must itself be differentiable
-            return (*_differentiable_backward(grad_out, x, weight, bias, *ctx.config), None, None, None, None)
+            return (*_differentiable_backward(grad_out, x, weight, bias, *ctx.config), None, None, None, None, None)
         grad_x, grad_w, grad_b = torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux, *ctx.config)
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
     torch.library.register_autograd("contres::ode_forward", _backward, setup_context=_setup_context)
 

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 LAYERS = ("single", "double_sym")
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid")
 INTERPS = ("constant", "linear")
+NORMS = ("none", "tv")
 LEAKY_SLOPE = 0.01
+TV_EPS = 1e-3  # eps of the "tv" normalisation z / sqrt(sum_c z^2 + eps)
 
 
 def activation_fn(name: str):
@@ -66,10 +68,20 @@ def interpolate_controls(weight: torch.Tensor, bias: torch.Tensor, n_steps: int,
     return K, b
 
 
-def euler_step(u: torch.Tensor, K: torch.Tensor, b: torch.Tensor, h: float, layer: str, act) -> torch.Tensor:
-    """One forward-Euler step u_{k+1} of design section 1."""
+def tv_norm(z: torch.Tensor) -> torch.Tensor:
+    """The "tv" normalisation: each pixel's channel vector divided by its length, z / sqrt(sum_c z^2 + TV_EPS)."""
+    return z * torch.rsqrt(z.square().sum(dim=1, keepdim=True) + TV_EPS)
+
+
+def euler_step(u: torch.Tensor, K: torch.Tensor, b: torch.Tensor, h: float, layer: str, act,
+               norm: str = "none") -> torch.Tensor:
+    """One forward-Euler step u_{k+1} of design section 1; norm="tv" normalises z before the activation."""
     pad = K.shape[-1] // 2
     z = F.conv2d(u, K, b, padding=pad)
+    if norm == "tv":
+        z = tv_norm(z)
+    elif norm != "none":
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if layer == "single":
         return u + h * act(z)
     if layer == "double_sym":
@@ -78,23 +90,24 @@ def euler_step(u: torch.Tensor, K: torch.Tensor, b: torch.Tensor, h: float, laye
 
 
 def ode_block_steps(x: torch.Tensor, K: torch.Tensor, b: torch.Tensor, *, T: float, layer: str,
-                    activation: str) -> torch.Tensor:
+                    activation: str, norm: str = "none") -> torch.Tensor:
     """Run n_steps = K.shape[0] Euler steps on [0, T] with the given per-step kernels and biases."""
-    return euler_steps(x, K, b, float(T) / K.shape[0], layer, activation)
+    return euler_steps(x, K, b, float(T) / K.shape[0], layer, activation, norm)
 
 
 def euler_steps(x: torch.Tensor, K: torch.Tensor, b: torch.Tensor, h: float, layer: str,
-                activation: str) -> torch.Tensor:
+                activation: str, norm: str = "none") -> torch.Tensor:
     """K.shape[0] Euler steps of size h with the given per-step kernels and biases."""
     act = activation_fn(activation)
     u = x
     for k in range(K.shape[0]):
-        u = euler_step(u, K[k], b[k], h, layer, act)
+        u = euler_step(u, K[k], b[k], h, layer, act, norm)
     return u
 
 
 def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: float, n_steps: int,
-              layer: str = "single", activation: str = "relu", interp: str = "constant") -> torch.Tensor:
+              layer: str = "single", activation: str = "relu", interp: str = "constant",
+              norm: str = "none") -> torch.Tensor:
     """Reference ODE block: controls (M, C, C, k, k) and (M, C), n_steps Euler steps on [0, T]."""
     K, b = interpolate_controls(weight, bias, n_steps, interp)
-    return ode_block_steps(x, K, b, T=T, layer=layer, activation=activation)
+    return ode_block_steps(x, K, b, T=T, layer=layer, activation=activation, norm=norm)

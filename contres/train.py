@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--layer", choices=LAYERS, default="single")
     model.add_argument("--activation", choices=ACTIVATIONS, default="relu")
     model.add_argument("--interp", choices=INTERPS, default="constant")
-    model.add_argument("--norm", choices=NORMS, default="batch")
+    model.add_argument("--norm", choices=NORMS, default="batch", help="of the opening and connecting layers")
+    model.add_argument("--block-norm", choices=functional.NORMS, default="none",
+                       help="inside the ODE blocks: 'tv' normalises each pixel's channels before the activation")
     model.add_argument("--gradient", choices=functional.GRADIENTS, default="discrete")
     model.add_argument("--backend", choices=functional.BACKENDS, default="auto")
     opt = p.add_argument_group("optimisation")
@@ -203,7 +205,7 @@ def build_model(config, in_channels: int, num_classes: int) -> ContinuousResNet:
     return ContinuousResNet(in_channels, num_classes, widths=config.widths, n_steps=config.n_steps,
                             n_controls=config.n_controls, layer=config.layer, activation=config.activation,
                             interp=config.interp, backend=config.backend, T=config.T, gradient=config.gradient,
-                            norm=config.norm)
+                            norm=config.norm, block_norm=config.block_norm)
 
 
 def compute_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -274,7 +276,7 @@ def _run(config, data: Data | None, log) -> dict:
     data = data if data is not None else load_data(config)
     torch.manual_seed(config.seed)  # the same initial model in every process
     model = build_model(config, data.in_channels, data.num_classes).to(device)
-    backend = functional.resolve_backend(config.backend, device)
+    backend = functional.resolve_backend(config.backend, device, config.block_norm)
     n_params = sum(p.numel() for p in model.parameters())
     net = wrap_model(model, ctx, device)
     train_set = TensorDataset(data.train_x, data.train_y)

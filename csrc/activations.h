@@ -21,13 +21,17 @@ enum class Aux : int64_t {
   Mask = 1,   // relu/leaky_relu of the single layer: bit-packed sign of z, ceil(H*W/8) bytes per plane
   Value = 2,  // a = act(z) in the state dtype (tanh/sigmoid; every activation of double_sym, whose
               // weight gradient needs a anyway)
+  Pre = 3,    // z itself (norm "tv": the backward recomputes the normalisation, act and act' from it)
 };
+
+constexpr double kTvEps = 1e-3;  // the "tv" normalisation z / sqrt(sum_c z^2 + kTvEps); reference.TV_EPS
 
 constexpr double kLeakySlope = 0.01;
 
 Act parse_activation(const std::string& name);
 Layer parse_layer(const std::string& name);
-Aux aux_kind(Layer layer, Act act);
+bool parse_norm(const std::string& name);  // "none" or "tv": is it "tv"?
+Aux aux_kind(Layer layer, Act act, bool tv);
 
 template <Act A>
 struct Activation;

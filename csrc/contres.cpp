@@ -16,11 +16,11 @@
 
 TORCH_LIBRARY(contres, m) {
   m.def(
-      "ode_forward(Tensor x, Tensor weight, Tensor bias, float h, str layer, str activation, int checkpoint)"
-      " -> (Tensor, Tensor, Tensor)");
+      "ode_forward(Tensor x, Tensor weight, Tensor bias, float h, str layer, str activation, int checkpoint,"
+      " str norm=\"none\") -> (Tensor, Tensor, Tensor)");
   m.def(
       "ode_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor bias, Tensor states, Tensor aux, float h,"
-      " str layer, str activation, int checkpoint) -> (Tensor, Tensor, Tensor)");
+      " str layer, str activation, int checkpoint, str norm=\"none\") -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(contres, CPU, m) {

@@ -26,6 +26,18 @@ void single_update_cpu(const at::Tensor& u, const at::Tensor& z, double h, Act a
 void adjoint_gate_cpu(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
                       double scale, const at::Tensor& v_out, const at::Tensor& g_out);
 
+// Norm "tv" (cpu/tv_kernels.cpp), on flat channels_last data of `channels` channels: per pixel, n = z / r with
+// r = sqrt(sum_c z^2 + kTvEps), and a = act(n).
+// Forward: the single layer (u defined) writes u_next = u + h * a, double_sym (u undefined) writes a_out = a
+//   (a_out may alias z); z_keep, when defined, gets a copy of z (what the backward keeps).
+void tv_forward_cpu(const at::Tensor& z, int64_t channels, Act act, const at::Tensor& u, double h,
+                    const at::Tensor& u_next, const at::Tensor& a_out, const at::Tensor& z_keep);
+// Adjoint gate: v = lam + gi (lam when gi is undefined; to v_out when defined), w = scale * act'(n) * v, and
+//   g = dL/dz = (w - n (n . w)) / r to g_out; a_out = act(n) when defined. v_out may alias gi, g_out lam.
+void tv_adjoint_gate_cpu(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& z, int64_t channels,
+                         Act act, double scale, const at::Tensor& v_out, const at::Tensor& g_out,
+                         const at::Tensor& a_out);
+
 #ifdef CONTRES_WITH_CUDA
 void single_update_cuda(const at::Tensor& u, const at::Tensor& z, double h, Act act, Aux aux_kind,
                         const at::Tensor& u_next, const at::Tensor& aux_out);

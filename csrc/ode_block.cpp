@@ -32,7 +32,14 @@ Layer parse_layer(const std::string& name) {
   TORCH_CHECK_VALUE(false, "contres: layer must be one of single, double_sym; got '", name, "'");
 }
 
-Aux aux_kind(Layer layer, Act act) {
+bool parse_norm(const std::string& name) {  // is it "tv"?
+  if (name == "none") return false;
+  if (name == "tv") return true;
+  TORCH_CHECK_VALUE(false, "contres: norm must be one of none, tv; got '", name, "'");
+}
+
+Aux aux_kind(Layer layer, Act act, bool tv) {
+  if (tv) return Aux::Pre;
   if (layer == Layer::DoubleSym) return Aux::Value;
   switch (act) {
     case Act::Identity: return Aux::None;
@@ -50,25 +57,24 @@ namespace {
 // NCHW it reorders to its blocked layouts and back on every call.
 constexpr at::MemoryFormat kLayout = at::MemoryFormat::ChannelsLast;
 
-}  // namespace
-
-namespace {
-
 struct Problem {
   Layer layer;
   Act act;
   Aux aux;        // what the full-storage forward keeps per step
+  bool tv;        // norm "tv": z / sqrt(sum_c z^2 + kTvEps) before the activation
   double h;
   int64_t n_steps, checkpoint, pad;
   int64_t B, C, H, W;
 };
 
 Problem check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h,
-                     c10::string_view layer, c10::string_view activation, int64_t checkpoint) {
+                     c10::string_view layer, c10::string_view activation, int64_t checkpoint,
+                     c10::string_view norm) {
   Problem p;
   p.layer = parse_layer(std::string(layer));
   p.act = parse_activation(std::string(activation));
-  p.aux = aux_kind(p.layer, p.act);
+  p.tv = parse_norm(std::string(norm));
+  p.aux = aux_kind(p.layer, p.act, p.tv);
   TORCH_CHECK_VALUE(x.dim() == 4, "contres: x must be 4-D (B, C, H, W), got ", x.dim(), "-D");
   TORCH_CHECK_VALUE(weight.dim() == 5, "contres: weight must be 5-D (n_steps, C, C, k, k), got ", weight.dim(), "-D");
   TORCH_CHECK_VALUE(bias.dim() == 2, "contres: bias must be 2-D (n_steps, C), got ", bias.dim(), "-D");
@@ -135,24 +141,46 @@ void single_update(const at::Tensor& u_in, const at::Tensor& z_in, const Problem
   single_update_cpu(u, z, p.h, p.act, kind, u_next, aux_out);
 }
 
-// The bias gradient is reduced in the pass where the device can (CUDA with C % 8 == 0), else by an ATen
-// reduction over (B, H, W).
-void adjoint_gate(const at::Tensor& lam_in, const at::Tensor& gi_in, const at::Tensor& aux_in, Aux kind,
-                  const Problem& p, double scale, const at::Tensor& v_in, const at::Tensor& g_in,
-                  const at::Tensor& bias_grad) {
+// The adjoint gate of one step, g = dL/dz from lam (+ gi) and the step's aux; with norm "tv" also a = act(n)
+// into a_out when defined. The bias gradient is reduced in the pass where the device can (CUDA with
+// C % 8 == 0), else by an ATen reduction over (B, H, W).
+void adjoint_gate(const at::Tensor& lam_in, const at::Tensor& gi_in, const at::Tensor& aux_in, const Problem& p,
+                  double scale, const at::Tensor& v_in, const at::Tensor& g_in, const at::Tensor& bias_grad,
+                  const at::Tensor& a_in) {
   const at::Tensor lam = flat(lam_in), gi = flat(gi_in), v_out = flat(v_in), g_out = flat(g_in);
-  const at::Tensor aux = kind == Aux::Value ? flat(aux_in) : aux_in;
+  const at::Tensor aux = p.aux == Aux::Mask ? aux_in : flat(aux_in);
   bool wrote_bias = false;
+  if (p.tv) {
+    TORCH_CHECK(lam.is_cpu(), "contres: norm='tv' has fused kernels on the CPU only so far; on ", lam.device(),
+                " use backend='reference' (backend='auto' does)");
+    tv_adjoint_gate_cpu(lam, gi, aux, p.C, p.act, scale, v_out, g_out, flat(a_in));
+  } else
 #ifdef CONTRES_WITH_CUDA
   if (lam.is_cuda()) {
-    wrote_bias = adjoint_gate_cuda(lam, gi, aux, kind, p.act, scale, v_out, g_out, bias_grad, p.C);
+    wrote_bias = adjoint_gate_cuda(lam, gi, aux, p.aux, p.act, scale, v_out, g_out, bias_grad, p.C);
   } else
 #endif
   {
     TORCH_CHECK(lam.is_cpu(), "contres: no fused kernel for device ", lam.device(), " in this build");
-    adjoint_gate_cpu(lam, gi, aux, kind, p.act, scale, v_out, g_out);
+    adjoint_gate_cpu(lam, gi, aux, p.aux, p.act, scale, v_out, g_out);
   }
   if (!wrote_bias) at::sum_out(const_cast<at::Tensor&>(bias_grad), g_in, {0, 2, 3});
+}
+
+// Forward of one step with norm "tv" from z = conv(u) + b: the single layer writes u_next (when defined),
+// double_sym a = act(n) over z; z_keep (when defined) gets z first. Returns what a double_sym step convolves.
+at::Tensor tv_step(const at::Tensor& u, const at::Tensor& z, const Problem& p, const at::Tensor& u_next,
+                   const at::Tensor& z_keep) {
+  TORCH_CHECK(z.is_cpu(), "contres: norm='tv' has fused kernels on the CPU only so far; on ", z.device(),
+              " use backend='reference' (backend='auto' does)");
+  if (p.layer == Layer::Single && !u_next.defined()) {  // recomputation that only wants the aux
+    if (z_keep.defined()) z_keep.copy_(z);
+    return z;
+  }
+  const bool single = p.layer == Layer::Single;
+  tv_forward_cpu(flat(z), p.C, p.act, single ? flat(u) : at::Tensor(), p.h, single ? flat(u_next) : at::Tensor(),
+                 single ? at::Tensor() : flat(z), flat(z_keep));
+  return z;
 }
 
 void activation_out(const at::Tensor& a, const at::Tensor& z, Act act) {
@@ -175,6 +203,13 @@ void step_forward(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b,
                   const at::Tensor& u_next, const at::Tensor& aux_out) {
   if (p.layer == Layer::Single && kind == Aux::None && !u_next.defined()) return;  // nothing to recompute
   at::Tensor z = conv(u, K, b, p);
+  if (p.tv) {
+    const at::Tensor a = tv_step(u, z, p, u_next, kind == Aux::Pre ? aux_out : at::Tensor());
+    if (p.layer == Layer::Single || !u_next.defined()) return;
+    const at::Tensor y = at::conv_transpose2d(a, K, {}, {1, 1}, {p.pad, p.pad});
+    at::add_out(const_cast<at::Tensor&>(u_next), u, y, -p.h);
+    return;
+  }
   if (p.layer == Layer::Single) {
     single_update(u, z, p, kind, u_next, kind == Aux::None ? at::Tensor() : aux_out);
     return;
@@ -189,7 +224,8 @@ void step_forward(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b,
 at::Tensor aux_buffer(const Problem& p, int64_t n, const at::TensorOptions& opts) {
   switch (p.aux) {
     case Aux::Mask: return saved_empty({n, p.B, p.C, mask_bytes(p.H * p.W)}, opts.dtype(at::kByte));
-    case Aux::Value: return state_stack(p, n, opts);
+    case Aux::Value:
+    case Aux::Pre: return state_stack(p, n, opts);
     default: return at::empty({0}, opts);
   }
 }
@@ -206,8 +242,9 @@ std::tuple<at::Tensor, at::Tensor> conv_backward(const at::Tensor& g, const at::
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(const at::Tensor& x_in, const at::Tensor& weight_in,
                                                            const at::Tensor& bias_in, double h, c10::string_view layer,
-                                                           c10::string_view activation, int64_t checkpoint) {
-  const Problem p = check_inputs(x_in, weight_in, bias_in, h, layer, activation, checkpoint);
+                                                           c10::string_view activation, int64_t checkpoint,
+                                                           c10::string_view norm) {
+  const Problem p = check_inputs(x_in, weight_in, bias_in, h, layer, activation, checkpoint, norm);
   const at::Tensor x = x_in.contiguous(kLayout), K = weight_in.contiguous(), b = bias_in.contiguous();
   const auto opts = x.options();
   // The output keeps the input's layout; the last step writes into it directly when that is the internal one.
@@ -241,8 +278,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_backward(const at::Tensor& gr
                                                             const at::Tensor& weight_in, const at::Tensor& bias_in,
                                                             const at::Tensor& states, const at::Tensor& aux_in,
                                                             double h, c10::string_view layer,
-                                                            c10::string_view activation, int64_t checkpoint) {
-  const Problem p = check_inputs(x_in, weight_in, bias_in, h, layer, activation, checkpoint);
+                                                            c10::string_view activation, int64_t checkpoint,
+                                                            c10::string_view norm) {
+  const Problem p = check_inputs(x_in, weight_in, bias_in, h, layer, activation, checkpoint, norm);
   TORCH_CHECK_VALUE(grad_out.sizes() == x_in.sizes(), "contres: grad_out must have x's shape ", x_in.sizes(),
                     ", got ", grad_out.sizes());
   TORCH_CHECK_VALUE(states.dim() == 5 && states.size(0) == n_saved_states(p),
@@ -266,7 +304,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_backward(const at::Tensor& gr
       // v = lam + gi (in place in gi), g = h act'(z_k) v, bias grad: one pass.
       if (!g_buffer.defined()) g_buffer = at::empty_like(u);
       const at::Tensor& g = g_buffer;
-      adjoint_gate(lam, gi, aux_k, p.aux, p, p.h, gi, g, grad_b[k]);
+      adjoint_gate(lam, gi, aux_k, p, p.h, gi, g, grad_b[k], at::Tensor());
       if (gi.defined()) lam = gi;
       auto [gi_k, dK] = conv_backward(g, u, K[k], p, true);
       grad_w[k].copy_(dK);
@@ -276,9 +314,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_backward(const at::Tensor& gr
     if (gi.defined()) lam = gi.add_(lam);
     // q = conv(lam, K_k); g = -h act'(z_k) q in place, bias grad: one pass.
     at::Tensor g = conv(lam, K[k], std::nullopt, p);
-    adjoint_gate(g, at::Tensor(), aux_k, Aux::Value, p, -p.h, at::Tensor(), g, grad_b[k]);
+    const at::Tensor a = p.tv ? at::empty_like(g) : aux_k;  // act(n_k), recomputed by the tv pass, or kept
+    adjoint_gate(g, at::Tensor(), aux_k, p, -p.h, at::Tensor(), g, grad_b[k], p.tv ? a : at::Tensor());
     auto [gi_k, dK_conv] = conv_backward(g, u, K[k], p, true);
-    auto [unused, dK_convT] = conv_backward(aux_k, lam, K[k], p, false);
+    auto [unused, dK_convT] = conv_backward(a, lam, K[k], p, false);
     at::Tensor grad_w_k = grad_w[k];
     at::add_out(grad_w_k, dK_conv, dK_convT, -p.h);
     gi = gi_k.contiguous(kLayout);

@@ -136,3 +136,16 @@ def test_cuda_graph_capture_and_replay(layer, activation, checkpoint):
         assert_close_rel(y, y_ref, 1e-6, "graphed output")
         for name, a, r in zip(("x", "weight", "bias"), grads, grads_ref):
             assert_close_rel(a, r, 1e-6, f"graphed grad {name}")
+
+
+def test_tv_norm_on_cuda_runs_the_reference(monkeypatch):
+    """norm="tv" has fused kernels on the CPU only: backend="auto" runs the reference on CUDA (one warning),
+    backend="fused" says so."""
+    x, w, b = make_inputs(B=2, C=8, H=6, W=6, M=2, dtype=torch.float64, device="cuda")
+    kw = dict(T=1.0, n_steps=3, layer="double_sym", activation="tanh", norm="tv")
+    monkeypatch.setattr(contres.functional, "_warned_fallback", set())
+    with pytest.warns(RuntimeWarning, match="norm='tv' has fused kernels on the CPU only"):
+        y = contres.functional.ode_block(x, w, b, backend="auto", **kw)
+    assert_close_rel(y, contres.reference.ode_block(x, w, b, **kw), 1e-12, "auto output")
+    with pytest.raises(RuntimeError, match="norm='tv' has fused kernels on the CPU only"):
+        contres.functional.ode_block(x, w, b, backend="fused", **kw)

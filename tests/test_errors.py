@@ -66,6 +66,7 @@ def _functional_cases():
         "activation wrong case": (x, w, b, dict(kw, activation="ReLU"), ValueError, r"activation"),
         "unknown interp": (x, w, b, dict(kw, interp="cubic"), ValueError, r"interp must be one of"),
         "unknown backend": (x, w, b, dict(kw, backend="triton"), ValueError, r"backend must be one of"),
+        "unknown norm": (x, w, b, dict(kw, norm="batch"), ValueError, r"norm must be one of"),
         "layer not a string": (x, w, b, dict(kw, layer=1), ValueError, r"layer"),
         "even kernel": (x, w[..., :2, :2], b, kw, ValueError, r"kernel size must be odd"),
         "non-square kernel": (x, w[..., :1], b, kw, ValueError, r"weight must have shape"),
@@ -127,6 +128,7 @@ CTOR_CASES = {
     "activation": (dict(activation="softplus"), ValueError, r"activation must be one of"),
     "interp": (dict(interp="spline"), ValueError, r"interp must be one of"),
     "backend": (dict(backend="cuda"), ValueError, r"backend must be one of"),
+    "norm": (dict(norm="layer"), ValueError, r"norm must be one of"),
     "checkpoint -3": (dict(checkpoint=-3), ValueError, r"checkpoint must be"),
     "checkpoint float": (dict(checkpoint=0.5), ValueError, r"checkpoint must be"),
 }
@@ -187,6 +189,7 @@ def _op_cases():
         "unknown layer": ((x, w, b, h, "triple", "relu", 0), ValueError, r"layer must be one of"),
         "unknown activation": ((x, w, b, h, "single", "elu", 0), ValueError, r"activation must be one of"),
         "checkpoint -1": ((x, w, b, h, "single", "relu", -1), ValueError, r"checkpoint must be >= 0"),
+        "unknown norm": ((x, w, b, h, "single", "relu", 0, "l2"), ValueError, r"norm must be one of none, tv"),
     }
 
 

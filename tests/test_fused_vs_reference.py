@@ -19,9 +19,9 @@ from conftest import (ACTIVATIONS, INTERPS, LAYERS, assert_close_rel, make_input
 
 
 def compare(device, dtype, *, B, C, H, W, N, M, k, layer, activation, interp, checkpoint=False, T=1.0, seed=0,
-            scale=0.3):
+            scale=0.3, norm="none"):
     x, w, b = make_inputs(B, C, H, W, M, k, dtype=dtype, device=device, seed=seed, scale=scale)
-    kw = dict(T=T, n_steps=N, layer=layer, activation=activation, interp=interp)
+    kw = dict(T=T, n_steps=N, layer=layer, activation=activation, interp=interp, norm=norm)
     gy = random_like(x, seed=seed + 1)
     y_ref, g_ref = run_block(x, w, b, gy, backend="reference", **kw)
     y, g = run_block(x, w, b, gy, backend="fused", checkpoint=checkpoint, **kw)
@@ -160,6 +160,47 @@ def test_bfloat16_cpu(case):
                                (y32,) + g32):
         err_fused, err_eager = rel_err(a, ref), rel_err(r, ref)
         assert err_fused <= 2 * err_eager + 1e-2, f"bf16 {name}: fused {err_fused:.3e} vs eager {err_eager:.3e}"
+
+
+# ------------------------------------------------------------------------------------------------ norm="tv"
+# Fused on the CPU only (CUDA falls back to the reference: test_cuda). C = 3 runs the scalar per-pixel loops,
+# C = 8 and 16 the vectorised ones (8 floats or 4 doubles per vector).
+@pytest.mark.parametrize("C", [3, 8, 16])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("layer", LAYERS)
+def test_tv_norm_matrix(dtype, layer, activation, C):
+    compare("cpu", dtype, B=2, C=C, H=5, W=3, N=4, M=3, k=3, layer=layer, activation=activation, interp="linear",
+            norm="tv", scale=0.6)
+
+
+@pytest.mark.parametrize("checkpoint", [True, 2, 100], ids=lambda c: f"ckpt={c}")
+@pytest.mark.parametrize("layer,activation", [("single", "relu"), ("single", "identity"),
+                                              ("double_sym", "tanh"), ("double_sym", "sigmoid")])
+def test_tv_norm_checkpoint(layer, activation, checkpoint):
+    compare("cpu", torch.float64, B=2, C=4, H=4, W=5, N=5, M=2, k=3, layer=layer, activation=activation,
+            interp="constant", checkpoint=checkpoint, norm="tv")
+
+
+def test_tv_norm_normalises_each_pixel():
+    """The reference's tv_norm is what its docstring says: unit channel vectors up to eps, per pixel."""
+    z = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    n = reference.tv_norm(z)
+    length = z.square().sum(dim=1, keepdim=True)
+    torch.testing.assert_close(n * torch.sqrt(length + reference.TV_EPS), z)
+    assert torch.all(n.square().sum(dim=1) < 1)
+
+
+@pytest.mark.parametrize("layer,activation", [("single", "relu"), ("double_sym", "tanh")])
+def test_tv_norm_bfloat16_cpu(layer, activation):
+    x16, w16, b16 = make_inputs(2, 8, 6, 6, 3, 3, dtype=torch.bfloat16, seed=5, scale=0.6)
+    x32, w32, b32 = (t.detach().float().requires_grad_() for t in (x16, w16, b16))
+    kw = dict(T=1.0, n_steps=4, layer=layer, activation=activation, interp="linear", norm="tv")
+    gy16 = random_like(x16, seed=6)
+    y16, g16 = run_block(x16, w16, b16, gy16, backend="fused", **kw)
+    y32, g32 = run_block(x32, w32, b32, gy16.float(), backend="reference", **kw)
+    assert_close_rel(y16, y32, tol_for(torch.bfloat16), "bf16 tv output")
+    for name, gf, gr in zip(("grad x", "grad weight", "grad bias"), g16, g32):
+        assert_close_rel(gf, gr, tol_for(torch.bfloat16, grad=True), f"bf16 tv {name}")
 
 
 # ----------------------------------------------------------------------------- the reference against section 1

@@ -49,6 +49,15 @@ def test_model_fused_equals_reference(layer, interp):
         assert_close_rel(grads_f[name], grads_r[name], 1e-10, name)
 
 
+def test_model_block_norm_tv_fused_equals_reference():
+    out_f, grads_f = _model_grads("fused", layer="double_sym", interp="linear", block_norm="tv")
+    out_r, grads_r = _model_grads("reference", layer="double_sym", interp="linear", block_norm="tv")
+    assert_close_rel(out_f, out_r, 1e-10, "logits")
+    for name in grads_r:
+        assert_close_rel(grads_f[name], grads_r[name], 1e-10, name)
+    assert all(block.norm == "tv" for block in ContinuousResNet(1, 10, block_norm="tv").blocks)
+
+
 @pytest.mark.parametrize("norm", ["batch", "group", "none"])
 def test_model_three_stages_rgb(norm):
     model = ContinuousResNet(3, 7, widths=(4, 8, 8), n_steps=1, norm=norm)

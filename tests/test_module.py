@@ -7,7 +7,7 @@ from torch import nn
 
 import contres
 from contres import ODEBlock
-from conftest import assert_close_rel, make_inputs, random_like, run_block, tol_for
+from conftest import assert_close_rel, make_inputs, random_like, rel_err, run_block, tol_for
 
 
 def test_defaults_and_parameter_shapes():
@@ -33,6 +33,24 @@ def test_extra_repr():
     for part in ("8", "n_steps=4", "n_controls=2", "T=0.5", "layer='double_sym'", "activation='tanh'",
                  "interp='linear'", "kernel_size=5", "backend='reference'", "checkpoint=True"):
         assert part in r, (part, r)
+
+
+def test_tv_norm_block_repr_refine_and_reference():
+    """norm="tv" shows in the repr, survives refine(), and the module computes the reference with it."""
+    torch.manual_seed(0)
+    block = ODEBlock(4, n_steps=3, n_controls=2, layer="double_sym", activation="tanh", interp="linear",
+                     backend="fused", norm="tv", dtype=torch.float64)
+    assert "norm='tv'" in repr(block) and "norm=" not in repr(ODEBlock(4))
+    assert block.refine(n_steps=6).norm == "tv"
+    x = make_inputs(2, 4, 5, 5, 1, 1)[0]
+    y = block(x)
+    y_ref = contres.reference.ode_block(x, block.weight, block.bias, T=1.0, n_steps=3, layer="double_sym",
+                                        activation="tanh", interp="linear", norm="tv")
+    assert_close_rel(y, y_ref, tol_for(torch.float64))
+    plain = ODEBlock(4, n_steps=3, n_controls=2, layer="double_sym", activation="tanh", interp="linear",
+                     dtype=torch.float64)
+    plain.load_state_dict(block.state_dict())
+    assert rel_err(plain(x), y) > 1e-3, "norm='tv' must change the function"
 
 
 def test_initialisation_is_time_invariant():

@@ -1,17 +1,12 @@
 // CPU implementations of the fused elementwise passes (see kernels.h), parallel over planes (or segments of
-// them) with at::parallel_for. float and double use at::vec (AVX2 when the build host has it: setup.py adds
-// -mavx2 -mfma -mf16c, and the vector types then live in their own at::vec::AVX2 namespace); the reduced types
-// run the same maths in scalar loops with float accumulation.
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(CPU_CAPABILITY)
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
-#endif
+// them) with at::parallel_for. float and double use at::vec (AVX2 when the build host has it, see
+// vec_activations.h); the reduced types run the same maths in scalar loops with float accumulation.
+#include "vec_activations.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 
 #if defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
@@ -54,30 +49,10 @@ const opmath_t* mask_derivative_table() {
   return table.data();
 }
 
-using at::vec::Vectorized;
-
-template <typename T>
-constexpr bool kVectorised = std::is_same_v<T, float> || std::is_same_v<T, double>;
-
-template <Act A, typename T>
-Vectorized<T> act_vec(const Vectorized<T>& z) {
-  if constexpr (A == Act::Identity) return z;
-  else if constexpr (A == Act::Relu) return at::vec::clamp_min(z, Vectorized<T>(0));  // NaN passes, like f
-  else if constexpr (A == Act::LeakyRelu)
-    return Vectorized<T>::blendv(z * Vectorized<T>(kLeakySlope), z, z > Vectorized<T>(0));
-  else if constexpr (A == Act::Tanh) return z.tanh();
-  else return Vectorized<T>(1) / (Vectorized<T>(1) + z.neg().exp());
-}
-
-template <Act A, typename T>
-Vectorized<T> df_value_vec(const Vectorized<T>& a) {
-  const Vectorized<T> one(1);
-  if constexpr (A == Act::Identity) return one;
-  else if constexpr (A == Act::Relu) return Vectorized<T>::blendv(one, Vectorized<T>(0), a <= Vectorized<T>(0));
-  else if constexpr (A == Act::LeakyRelu) return Vectorized<T>::blendv(Vectorized<T>(kLeakySlope), one, a > Vectorized<T>(0));
-  else if constexpr (A == Act::Tanh) return one - a * a;
-  else return a * (one - a);
-}
+using cpu::act_vec;
+using cpu::df_value_vec;
+using cpu::kVectorised;
+using cpu::Vectorized;
 
 // Bit t of mask[j] is the sign bit of z[8j + t] (see Activation::mask_bit), for the n elements of a segment.
 template <Act A, typename T>

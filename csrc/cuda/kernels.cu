@@ -48,18 +48,19 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
                                                                 const at::Tensor& bias, double h,
                                                                 c10::string_view layer, c10::string_view activation,
-                                                                int64_t checkpoint) {
+                                                                int64_t checkpoint, c10::string_view norm) {
   const c10::cuda::CUDAGuard guard(x.device());
-  return ode_forward(x, weight, bias, h, layer, activation, checkpoint);
+  return ode_forward(x, weight, bias, h, layer, activation, checkpoint, norm);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
                                                                  const at::Tensor& weight, const at::Tensor& bias,
                                                                  const at::Tensor& states, const at::Tensor& aux,
                                                                  double h, c10::string_view layer,
-                                                                 c10::string_view activation, int64_t checkpoint) {
+                                                                 c10::string_view activation, int64_t checkpoint,
+                                                                 c10::string_view norm) {
   const c10::cuda::CUDAGuard guard(x.device());
-  return ode_backward(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint);
+  return ode_backward(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint, norm);
 }
 
 }  // namespace
