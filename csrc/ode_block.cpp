@@ -301,7 +301,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_backward(const at::Tensor& gr
   at::Tensor g_buffer;    // g of the single layer: dead once its step's convolution backward has run
   auto backward_step = [&](int64_t k, const at::Tensor& u, const at::Tensor& aux_k) {
     if (p.layer == Layer::Single) {
-      // v = lam + gi (in place in gi), g = h act'(z_k) v, bias grad: one pass.
+      // v = lam + gi (in place in gi), g = h act'(z_k) v (through the tv normalisation with norm "tv"): one
+      // pass, which on CUDA also reduces the bias gradient.
       if (!g_buffer.defined()) g_buffer = at::empty_like(u);
       const at::Tensor& g = g_buffer;
       adjoint_gate(lam, gi, aux_k, p, p.h, gi, g, grad_b[k], at::Tensor());
@@ -312,7 +313,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_backward(const at::Tensor& gr
       return;
     }
     if (gi.defined()) lam = gi.add_(lam);
-    // q = conv(lam, K_k); g = -h act'(z_k) q in place, bias grad: one pass.
+    // q = conv(lam, K_k); g = -h act'(z_k) q in place: one pass, as above.
     at::Tensor g = conv(lam, K[k], std::nullopt, p);
     const at::Tensor a = p.tv ? at::empty_like(g) : aux_k;  // act(n_k), recomputed by the tv pass, or kept
     adjoint_gate(g, at::Tensor(), aux_k, p, -p.h, at::Tensor(), g, grad_b[k], p.tv ? a : at::Tensor());
