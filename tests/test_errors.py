@@ -316,6 +316,35 @@ def test_nan_input_finite_gradients_match_autograd(device, layer, activation, ch
             assert_close_rel(a[finite], r[finite], tol_for(torch.float64, grad=True), f"{what} (finite part)")
 
 
+@pytest.mark.parametrize("layer,activation", [("single", "relu"), ("double_sym", "tanh")])
+def test_tv_norm_edge_inputs_cpu(layer, activation):
+    """norm="tv" on the CPU: an empty batch, channels_last and non-contiguous inputs, and a NaN (which spreads
+    over its pixel's channels through the normalisation) give the reference's answers and NaN pattern."""
+    kw = dict(T=1.0, n_steps=2, layer=layer, activation=activation, norm="tv")
+    x0, w, b = make_inputs(0, 3, 4, 5, 2, 3)
+    y, (gx, gw, gb) = run_block(x0, w, b, random_like(x0), backend="fused", **kw)
+    assert y.shape == x0.shape and torch.equal(gw, torch.zeros_like(w)) and torch.equal(gb, torch.zeros_like(b))
+
+    x, w, b = make_inputs(2, 3, 6, 5, 2, 3, seed=10)
+    gy = random_like(x)
+    y_ref, g_ref = run_block(x, w, b, gy, backend="reference", **kw)
+    for name, xv in _layouts(x).items():
+        y, g = run_block(xv.requires_grad_(), w, b, gy, backend="fused", checkpoint=1, **kw)
+        assert_close_rel(y, y_ref, tol_for(torch.float64), f"{name} output")
+        for a, r in zip(g, g_ref):
+            assert_close_rel(a, r, tol_for(torch.float64, grad=True), f"{name} gradient")
+
+    with torch.no_grad():
+        x[0, 1, 2, 2] = math.nan
+    got = run_block(x, w, b, gy, backend="fused", **kw)
+    ref = run_block(x, w, b, gy, backend="reference", **kw)
+    for what, a, r in zip(("output", "grad x", "grad weight", "grad bias"), (got[0],) + got[1], (ref[0],) + ref[1]):
+        assert torch.equal(torch.isnan(a), torch.isnan(r)), f"tv {what}: NaN pattern differs from the reference"
+    finite = ~torch.isnan(ref[0])
+    assert finite.any() and not finite.all()
+    assert_close_rel(got[0][finite], ref[0][finite], tol_for(torch.float64), "tv output (finite part)")
+
+
 @pytest.mark.parametrize("backend", ["auto", "fused"])
 def test_backend_auto_and_fused_on_cpu(backend):
     """On a build with CPU kernels, 'auto' picks the fused op without the fallback warning, and both match
