@@ -116,15 +116,6 @@ void tv_adjoint_pixel(const scalar_t* lam, const scalar_t* gi, const scalar_t* z
   }
 }
 
-// Runs fn(pixel, offset) for every pixel of the flat data, in parallel.
-template <typename Fn>
-void for_each_pixel(int64_t numel, int64_t C, const Fn& fn) {
-  const int64_t pixels = numel / C;
-  at::parallel_for(0, pixels, std::max<int64_t>(1, kGrainElements / C), [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) fn(p * C);
-  });
-}
-
 // Calls fn(std::integral_constant<bool, vectorised>{}) for this dtype and channel count.
 template <typename scalar_t, typename Fn>
 void dispatch_vectorised(int64_t C, const Fn& fn) {
@@ -140,6 +131,22 @@ void dispatch_bool(bool value, const Fn& fn) {
   else fn(std::false_type{});
 }
 
+// Runs body(act, first, second, vectorised, begin, end) on chunks [begin, end) of the numel / C pixels in
+// parallel, with the activation and the flags as std::integral_constant, so every per-pixel loop is branch-free.
+template <typename scalar_t, typename Body>
+void for_pixel_chunks(Act act, bool first, bool second, int64_t numel, int64_t C, const Body& body) {
+  dispatch_activation(act, [&](auto a) {
+    dispatch_bool(first, [&](auto f) {
+      dispatch_bool(second, [&](auto s) {
+        dispatch_vectorised<scalar_t>(C, [&](auto v) {
+          at::parallel_for(0, numel / C, std::max<int64_t>(1, kGrainElements / C),
+                           [&](int64_t begin, int64_t end) { body(a, f, s, v, begin, end); });
+        });
+      });
+    });
+  });
+}
+
 }  // namespace
 
 void tv_forward_cpu(const at::Tensor& z, int64_t channels, Act act, const at::Tensor& u, double h,
@@ -147,26 +154,20 @@ void tv_forward_cpu(const at::Tensor& z, int64_t channels, Act act, const at::Te
   TORCH_CHECK(u.defined() == u_next.defined() && u_next.defined() != a_out.defined(),
               "contres: tv_forward writes u_next (single layer) or a_out (double_sym)");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, z.scalar_type(), "contres_tv_forward_cpu", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
     const scalar_t* up = u.defined() ? u.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* outp = u_next.defined() ? u_next.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* ap = a_out.defined() ? a_out.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* keepp = z_keep.defined() ? z_keep.mutable_data_ptr<scalar_t>() : nullptr;
-    const auto hh = static_cast<opmath_t>(h);
-    dispatch_activation(act, [&](auto act_tag) {
-      constexpr Act A = decltype(act_tag)::value;
-      dispatch_bool(u.defined(), [&](auto single) {
-        dispatch_bool(z_keep.defined(), [&](auto keep) {
-          dispatch_vectorised<scalar_t>(channels, [&](auto vec) {
-            for_each_pixel(z.numel(), channels, [&](int64_t e) {
-              tv_forward_pixel<scalar_t, A, decltype(single)::value, decltype(keep)::value, decltype(vec)::value>(
-                  zp + e, up ? up + e : nullptr, outp ? outp + e : nullptr, ap ? ap + e : nullptr,
-                  keepp ? keepp + e : nullptr, channels, hh);
-            });
-          });
-        });
-      });
+    const auto hh = static_cast<at::opmath_type<scalar_t>>(h);
+    for_pixel_chunks<scalar_t>(act, u.defined(), z_keep.defined(), z.numel(), channels,
+                               [&](auto a, auto single, auto keep, auto vec, int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t o = p * channels;
+        tv_forward_pixel<scalar_t, decltype(a)::value, decltype(single)::value, decltype(keep)::value,
+                         decltype(vec)::value>(zp + o, up ? up + o : nullptr, outp ? outp + o : nullptr,
+                                               ap ? ap + o : nullptr, keepp ? keepp + o : nullptr, channels, hh);
+      }
     });
   });
 }
@@ -184,25 +185,15 @@ void tv_adjoint_gate_cpu(const at::Tensor& lam, const at::Tensor& gi, const at::
     scalar_t* gp = g_out.mutable_data_ptr<scalar_t>();
     scalar_t* ap = a_out.defined() ? a_out.mutable_data_ptr<scalar_t>() : nullptr;
     const auto s = static_cast<opmath_t>(scale);
-    dispatch_activation(act, [&](auto act_tag) {
-      constexpr Act A = decltype(act_tag)::value;
-      dispatch_bool(gi.defined(), [&](auto with_gi) {
-        dispatch_bool(a_out.defined(), [&](auto with_a) {
-          dispatch_vectorised<scalar_t>(channels, [&](auto vec) {
-            const int64_t pixels = lam.numel() / channels;
-            at::parallel_for(0, pixels, std::max<int64_t>(1, kGrainElements / channels), [&](int64_t b, int64_t e) {
-              std::vector<opmath_t> w(channels);  // this thread's scratch for one pixel's w
-              for (int64_t p = b; p < e; ++p) {
-                const int64_t o = p * channels;
-                tv_adjoint_pixel<scalar_t, A, decltype(with_gi)::value, decltype(with_a)::value,
-                                 decltype(vec)::value>(lamp + o, gip ? gip + o : nullptr, zp + o,
-                                                       vp ? vp + o : nullptr, gp + o, ap ? ap + o : nullptr,
-                                                       w.data(), channels, s);
-              }
-            });
-          });
-        });
-      });
+    for_pixel_chunks<scalar_t>(act, gi.defined(), a_out.defined(), lam.numel(), channels,
+                               [&](auto a, auto with_gi, auto with_a, auto vec, int64_t begin, int64_t end) {
+      std::vector<opmath_t> w(channels);  // this chunk's scratch for one pixel's w
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t o = p * channels;
+        tv_adjoint_pixel<scalar_t, decltype(a)::value, decltype(with_gi)::value, decltype(with_a)::value,
+                         decltype(vec)::value>(lamp + o, gip ? gip + o : nullptr, zp + o, vp ? vp + o : nullptr,
+                                               gp + o, ap ? ap + o : nullptr, w.data(), channels, s);
+      }
     });
   });
 }
