@@ -162,6 +162,25 @@ def test_bfloat16_cpu(case):
         assert err_fused <= 2 * err_eager + 1e-2, f"bf16 {name}: fused {err_fused:.3e} vs eager {err_eager:.3e}"
 
 
+@pytest.mark.parametrize("layer,activation,norm", [("single", "relu", "none"), ("double_sym", "tanh", "none"),
+                                                   ("single", "sigmoid", "tv")])
+def test_cpu_autocast_bfloat16(layer, activation, norm):
+    """Under torch.autocast("cpu", bfloat16) the fused block runs in bf16 (float accumulation inside), like the
+    convolutions it replaces; the gradients come back in the float32 parameters' dtype."""
+    x, w, b = make_inputs(2, 8, 6, 6, 3, 3, dtype=torch.float32, seed=8, scale=0.6)
+    kw = dict(T=1.0, n_steps=4, layer=layer, activation=activation, interp="linear", norm=norm)
+    gy = random_like(x, seed=9)
+    y_ref, g_ref = run_block(x, w, b, gy, backend="reference", **kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = contres.functional.ode_block(x, w, b, backend="fused", **kw)
+    assert y.dtype == torch.bfloat16
+    grads = torch.autograd.grad(y, (x, w, b), gy.to(torch.bfloat16))
+    assert [g.dtype for g in grads] == [torch.float32] * 3
+    assert_close_rel(y, y_ref, tol_for(torch.bfloat16), "autocast output")
+    for name, a, r in zip(("grad x", "grad weight", "grad bias"), grads, g_ref):
+        assert_close_rel(a, r, tol_for(torch.bfloat16, grad=True), f"autocast {name}")
+
+
 # ------------------------------------------------------------------------------------------------ norm="tv"
 # Fused on the CPU only (CUDA falls back to the reference: test_cuda). C = 3 runs the scalar per-pixel loops,
 # C = 8 and 16 the vectorised ones (8 floats or 4 doubles per vector).
