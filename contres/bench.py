@@ -91,6 +91,7 @@ class Case:
     T: float = 1.0
     kernel_size: int = 3
     norm: str = "none"
+    channels_last: bool = False  # x and the upstream gradient in channels_last (every method sees the same)
 
     @property
     def n_controls(self) -> int:
@@ -109,6 +110,8 @@ class Case:
         parts.append(_SHORT_DTYPE[self.dtype])
         if self.autocast:
             parts.append(f"autocast-{_SHORT_DTYPE.get(self.autocast, 'fp16')}")
+        if self.channels_last:
+            parts.append("CL")
         return " ".join(parts)
 
     @property
@@ -147,10 +150,11 @@ def make_inputs(case: Case, seed: int = 0) -> Inputs:
             torch.randn(*size, generator=gen, dtype=torch.float64)
         return (scale * t).to(device=case.device, dtype=case.torch_dtype)
 
-    x = rand(*shape).requires_grad_()
+    fmt = torch.channels_last if case.channels_last else torch.contiguous_format
+    x = rand(*shape).contiguous(memory_format=fmt).requires_grad_()
     weight = rand(M, C, C, k, k, scale=bound, uniform=True).requires_grad_()
     bias = rand(M, C, scale=bound, uniform=True).requires_grad_()
-    return Inputs(x, weight, bias, rand(*shape))
+    return Inputs(x, weight, bias, rand(*shape).contiguous(memory_format=fmt))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -570,11 +574,11 @@ def make_cases(device: str, args) -> list:
     layers = reference.LAYERS if args.layer in (None, "all") else (args.layer,)
     steps = args.steps or (4 if args.quick else DEFAULT_STEPS)
     cases = [Case(device, layer, args.activation or DEFAULT_ACTIVATION[layer], b, c, s, steps, args.controls,
-                  args.dtype, args.autocast, norm=args.norm)
+                  args.dtype, args.autocast, norm=args.norm, channels_last=args.channels_last)
              for (b, c, s) in shapes for layer in layers]
     is_default = not custom_shape and not args.quick and args.layer is None and args.activation is None \
         and args.steps is None and args.controls is None and args.dtype == "float32" and args.autocast is None \
-        and args.norm == "none"
+        and args.norm == "none" and not args.channels_last
     if device == "cuda" and is_default:  # plus bf16 autocast on the large shape
         b, c, s = DEFAULT_SHAPES["cuda"][0]
         cases.append(Case(device, "single", "relu", b, c, s, DEFAULT_STEPS, None, "float32", "bfloat16"))
@@ -676,6 +680,8 @@ def parse_args(argv=None):
     p.add_argument("--activation", choices=reference.ACTIVATIONS,
                    help="default: relu for single, tanh for double_sym")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="default: float32")
+    p.add_argument("--channels-last", action="store_true",
+                   help="x and the upstream gradient in channels_last for every method (default: NCHW)")
     p.add_argument("--norm", choices=reference.NORMS, default="none",
                    help="'tv': normalise each pixel's channels inside the blocks (see ODEBlock; default: none)")
     p.add_argument("--autocast", choices=tuple(AUTOCAST), help="run the forwards under torch.autocast (float32 "

@@ -73,3 +73,14 @@ def test_cpu_activation_memory_is_sensible():
             mem = bench.forward_memory(bench.forward_runner(fn, inputs, case), inputs, "cpu")
             states = case.steps * case.state_bytes  # u_1 .. u_{N-1} and the output
             assert states + states // 32 <= mem["act"] <= 1.05 * states, mem
+
+
+@pytest.mark.parametrize("extra,in_name", [(["--channels-last"], " CL"), (["--norm", "tv"], "/tv ")],
+                         ids=["channels-last", "norm-tv"])
+def test_cli_case_options(extra, in_name):
+    """--channels-last gives every method channels_last inputs, --norm tv the normalised blocks; the case name
+    says so and the fused rows stay within rounding of eager's."""
+    rows = bench.main(TINY + ["--layer", "double_sym", "--methods", "fused,eager"] + extra)
+    assert [r["method"] for r in rows] == ["fused", "eager"]
+    assert in_name in rows[0]["case"]
+    assert rows[0]["max_rel_diff_out"] < 1e-5 and rows[0]["max_rel_diff_grad_w"] < 1e-4
