@@ -4,6 +4,7 @@
 #include "ode_block.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
 
 #include <array>
 #include <cmath>
@@ -244,6 +245,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(const at::Tensor& x_i
                                                            const at::Tensor& bias_in, double h, c10::string_view layer,
                                                            c10::string_view activation, int64_t checkpoint,
                                                            c10::string_view norm) {
+  const c10::DeviceGuard device(x_in.device());  // x's GPU current for the passes and ATen's convolutions
   const Problem p = check_inputs(x_in, weight_in, bias_in, h, layer, activation, checkpoint, norm);
   const at::Tensor x = x_in.contiguous(kLayout), K = weight_in.contiguous(), b = bias_in.contiguous();
   const auto opts = x.options();
@@ -280,6 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_backward(const at::Tensor& gr
                                                             double h, c10::string_view layer,
                                                             c10::string_view activation, int64_t checkpoint,
                                                             c10::string_view norm) {
+  const c10::DeviceGuard device(x_in.device());  // x's GPU current for the passes and ATen's convolutions
   const Problem p = check_inputs(x_in, weight_in, bias_in, h, layer, activation, checkpoint, norm);
   TORCH_CHECK_VALUE(grad_out.sizes() == x_in.sizes(), "contres: grad_out must have x's shape ", x_in.sizes(),
                     ", got ", grad_out.sizes());

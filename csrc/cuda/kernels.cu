@@ -43,31 +43,9 @@ bool adjoint_gate_cuda(const at::Tensor& lam, const at::Tensor& gi, const at::Te
   return wrote_bias;
 }
 
-namespace {
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
-                                                                const at::Tensor& bias, double h,
-                                                                c10::string_view layer, c10::string_view activation,
-                                                                int64_t checkpoint, c10::string_view norm) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  return ode_forward(x, weight, bias, h, layer, activation, checkpoint, norm);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
-                                                                 const at::Tensor& weight, const at::Tensor& bias,
-                                                                 const at::Tensor& states, const at::Tensor& aux,
-                                                                 double h, c10::string_view layer,
-                                                                 c10::string_view activation, int64_t checkpoint,
-                                                                 c10::string_view norm) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  return ode_backward(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint, norm);
-}
-
-}  // namespace
-
 TORCH_LIBRARY_IMPL(contres, CUDA, m) {
-  m.impl("ode_forward", &ode_forward_cuda);
-  m.impl("ode_backward", &ode_backward_cuda);
+  m.impl("ode_forward", &ode_forward);  // the device-agnostic driver; it sets the device itself
+  m.impl("ode_backward", &ode_backward);
 }
 
 }  // namespace contres
