@@ -103,7 +103,8 @@ class Case:
 
     @property
     def name(self) -> str:
-        parts = [f"{self.layer}/{self.activation}" + ("/tv" if self.norm == "tv" else ""), f"B{self.batch}", f"C{self.channels}",
+        kind = f"{self.layer}/{self.activation}" + ("/tv" if self.norm == "tv" else "")
+        parts = [kind, f"B{self.batch}", f"C{self.channels}",
                  f"{self.size}x{self.size}", f"N{self.steps}"]
         if self.n_controls != self.steps:
             parts.append(f"M{self.n_controls}")
@@ -316,11 +317,6 @@ def time_samples(run: Callable, device: str, repeats: int, warmup: int, max_s: O
     return times
 
 
-def time_ms(run: Callable, device: str, repeats: int, warmup: int, max_s: Optional[float] = None) -> float:
-    """Median of time_samples."""
-    return statistics.median(time_samples(run, device, repeats, warmup, max_s))
-
-
 @contextlib.contextmanager
 def _quiet_fd2():
     """Silence file descriptor 2 (libkineto logs profiler_start/stop lines there, past Python's sys.stderr)."""
@@ -483,7 +479,7 @@ def prepare_method(name: str, case: Case, inputs: Inputs, ref) -> Optional[Prepa
 
 
 def time_interleaved(prepared: list, device: str, repeats: int, warmup: int, max_s: Optional[float] = None,
-                     rounds: int = ROUNDS, on_done: Optional[Callable[[Prepared], None]] = None) -> None:
+                     rounds: int = ROUNDS) -> None:
     """Times every runnable method in `rounds` rounds; each round gives each method a block of
     ceil(repeats / rounds) calls (after `warmup` untimed ones, which restore its steady state), so a slow
     spell of a shared machine falls on all methods alike instead of on whichever ran then. Fills p.row's
@@ -497,11 +493,9 @@ def time_interleaved(prepared: list, device: str, repeats: int, warmup: int, max
         for p in runnable:
             for key, run in (("fwd_ms", p.forward), ("fwd_bwd_ms", p.fwd_bwd)):
                 p.times[key] += time_samples(run, device, per_round, warmup, block_s, min_per_round)
-            if r == rounds - 1:
-                for key, samples in p.times.items():
-                    p.row[key] = statistics.median(samples)
-                if on_done is not None:
-                    on_done(p)
+    for p in runnable:
+        for key, samples in p.times.items():
+            p.row[key] = statistics.median(samples)
 
 
 def add_ratios(rows: list) -> None:
@@ -528,18 +522,11 @@ def bench_case(case: Case, methods, repeats: int, warmup: int, max_s: Optional[f
         if progress is not None:
             progress.set_postfix_str(f"{case.device} {case.name} {name}: first call", refresh=True)
         p = prepare_method(name, case, inputs, ref)
-        if p is None or p.forward is None:
-            if progress is not None:
-                progress.update(1)
         if p is not None:
             prepared.append(p)
-
-    def done(p: Prepared) -> None:
-        if progress is not None:
-            progress.update(1)
     if progress is not None:
         progress.set_postfix_str(f"{case.device} {case.name}: timing {rounds} rounds", refresh=True)
-    time_interleaved(prepared, case.device, repeats, warmup, max_s, rounds, on_done=done)
+    time_interleaved(prepared, case.device, repeats, warmup, max_s, rounds)
     rows = [p.row for p in prepared]
     add_ratios(rows)
     return rows
@@ -727,10 +714,11 @@ def run(args) -> tuple[list, dict]:
     load_start = _warn_if_busy()
     cases = [case for device in devices for case in make_cases(device, args)]
     rows = []
-    with tqdm(total=len(cases) * len(args.methods), desc="contres.bench", file=sys.stderr, leave=False,
+    with tqdm(total=len(cases), desc="contres.bench", unit="case", file=sys.stderr, leave=False,
               disable=args.no_progress, dynamic_ncols=True) as progress:
         for case in cases:
             rows += bench_case(case, args.methods, args.repeats, args.warmup, args.max_time or None, progress)
+            progress.update(1)
     env = environment(devices, args)
     env["loadavg_1min"] = {"start": load_start, "end": os.getloadavg()[0]}
     return rows, env

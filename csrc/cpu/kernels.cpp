@@ -163,7 +163,8 @@ void adjoint_gate_plane_vec(const T* lam, const T* gi, const uint8_t* mask, cons
     else d = Vec(1);
     (sv * d * v).store(g_out + i);
   }
-  adjoint_gate_plane<T, A, K, kGi, kV>(lam + body, kGi ? gi + body : nullptr, K == Aux::Mask ? mask + body / 8 : nullptr,
+  adjoint_gate_plane<T, A, K, kGi, kV>(lam + body, kGi ? gi + body : nullptr,
+                                       K == Aux::Mask ? mask + body / 8 : nullptr,
                                        K == Aux::Value ? val + body : nullptr, table, kV ? v_out + body : nullptr,
                                        g_out + body, n - body, scale);
 }

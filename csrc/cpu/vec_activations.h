@@ -40,7 +40,8 @@ Vectorized<T> df_value_vec(const Vectorized<T>& a) {
   const Vectorized<T> one(1);
   if constexpr (A == Act::Identity) return one;
   else if constexpr (A == Act::Relu) return Vectorized<T>::blendv(one, Vectorized<T>(0), a <= Vectorized<T>(0));
-  else if constexpr (A == Act::LeakyRelu) return Vectorized<T>::blendv(Vectorized<T>(kLeakySlope), one, a > Vectorized<T>(0));
+  else if constexpr (A == Act::LeakyRelu)
+    return Vectorized<T>::blendv(Vectorized<T>(kLeakySlope), one, a > Vectorized<T>(0));
   else if constexpr (A == Act::Tanh) return one - a * a;
   else return a * (one - a);
 }
