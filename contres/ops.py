@@ -83,8 +83,7 @@ def _register():
                 bias.new_empty(bias.shape))
 
     def _setup_context(ctx, inputs, output):
-        x, weight, bias, h, layer, activation, checkpoint, *rest = inputs
-        norm = rest[0] if rest else "none"  # a call that left the schema's default out
+        x, weight, bias, h, layer, activation, checkpoint, norm = inputs
         _, states, aux = output
         ctx.save_for_backward(x, weight, bias, states, aux)
         ctx.config = (h, layer, activation, checkpoint, norm)
