@@ -77,8 +77,8 @@ def _host_flags():
 
 def _extension():
     with_cuda = _want_cuda()
-    sources = [str(p.relative_to(HERE)) for p in sorted((HERE / "csrc").glob("*.cpp"))]
-    sources += [str(p.relative_to(HERE)) for p in sorted((HERE / "csrc" / "cpu").glob("*.cpp"))]
+    sources = [str(p.relative_to(HERE)) for sub in ("", "driver", "cpu")
+               for p in sorted((HERE / "csrc" / sub).glob("*.cpp"))]
     macros = [("CONTRES_TORCH_VERSION", f'"{torch.__version__}"')]
     include_dirs = [str(HERE / "csrc")]
     cxx = _host_flags()
@@ -90,7 +90,7 @@ def _extension():
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or ";".join(
         f"{major}.{minor}" for major, minor in
         sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}))
-    sources += [str(p.relative_to(HERE)) for p in sorted((HERE / "csrc" / "cuda").glob("*.cu"))]
+    sources += [str(p.relative_to(HERE)) for p in sorted((HERE / "csrc" / "cuda").rglob("*.cu"))]
     macros += [("CONTRES_WITH_CUDA", None), ("CONTRES_CUDA_VERSION", f'"{torch.version.cuda}"'),
                ("CONTRES_CUDA_ARCHS", f'"{archs}"')]
     # ATen/cuda headers include cuBLAS/cuSPARSE headers that ship with the nvidia pip packages.

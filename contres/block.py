@@ -10,7 +10,7 @@ from . import functional, reference
 
 
 class ODEBlock(nn.Module):
-    """u' = f(u, theta(t)) on [0, T], integrated with n_steps forward-Euler steps.
+    """u' = f(u, theta(t)) on [0, T], integrated with n_steps steps of `method` (forward Euler by default).
 
     f is ``act(conv(u, K(t)) + b(t))`` (layer="single") or ``-convT(act(conv(u, K(t)) + b(t)), K(t))``
     (layer="double_sym", the stable symmetric layer). The weights live on their own time grid of
@@ -24,6 +24,9 @@ class ODEBlock(nn.Module):
     step size h = T / n_steps keeps each update small, and the time-smoothness of the controls is exact at
     the start (refining the grids does not change the function).
 
+    method: "euler" | "rk4" | "leapfrog" (u'' = f, second order, reversible); see contres.functional.ode_block.
+    memory: "states" or, with leapfrog, "reversible" (the backward recomputes the states it walks back through:
+    activation memory independent of n_steps).
     backend: "auto" | "fused" | "reference" (see contres.functional.ode_block).
     checkpoint: False, True (keep every ceil(sqrt(n_steps))-th state) or a stride; lowers the memory held
     between forward and backward at the cost of recomputing the forward in the backward.
@@ -38,7 +41,7 @@ class ODEBlock(nn.Module):
     def __init__(self, channels: int, n_steps: int = 4, n_controls: int | None = None, T: float = 1.0,
                  layer: str = "single", activation: str = "relu", interp: str = "constant", kernel_size: int = 3,
                  backend: str = "auto", checkpoint=False, device=None, dtype=None, *, gradient: str = "discrete",
-                 norm: str = "none"):
+                 norm: str = "none", method: str = "euler", memory: str = "states"):
         super().__init__()
         functional._check_positive_int("channels", channels)
         functional._check_positive_int("n_steps", n_steps)
@@ -56,7 +59,10 @@ class ODEBlock(nn.Module):
         functional._check_choice("gradient", gradient, functional.GRADIENTS)
         functional._check_choice("norm", norm, functional.NORMS)
         functional.checkpoint_stride(checkpoint, n_steps)
-        self.gradient, self.norm = gradient, norm
+        functional.check_method(method, memory, checkpoint)
+        if gradient == "continuous" and method != "euler":
+            raise ValueError(f"gradient='continuous' is defined for method='euler' only, got method={method!r}")
+        self.gradient, self.norm, self.method, self.memory = gradient, norm, method, memory
         self.channels, self.n_steps, self.n_controls, self.T = channels, n_steps, n_controls, float(T)
         self.layer, self.activation, self.interp = layer, activation, interp
         self.kernel_size, self.backend, self.checkpoint = kernel_size, backend, checkpoint
@@ -81,7 +87,8 @@ class ODEBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return functional.ode_block(x, self.weight, self.bias, T=self.T, n_steps=self.n_steps, layer=self.layer,
                                     activation=self.activation, interp=self.interp, backend=self.backend,
-                                    checkpoint=self.checkpoint, gradient=self.gradient, norm=self.norm)
+                                    checkpoint=self.checkpoint, gradient=self.gradient, norm=self.norm,
+                                    method=self.method, memory=self.memory)
 
     @property
     def control_spacing(self) -> float:
@@ -113,7 +120,8 @@ class ODEBlock(nn.Module):
         n_controls = self.n_controls if n_controls is None else n_controls
         new = ODEBlock(self.channels, n_steps, n_controls, self.T, self.layer, self.activation, self.interp,
                        self.kernel_size, self.backend, self.checkpoint, device=self.weight.device,
-                       dtype=self.weight.dtype, gradient=self.gradient, norm=self.norm)
+                       dtype=self.weight.dtype, gradient=self.gradient, norm=self.norm, method=self.method,
+                       memory=self.memory)
         R = resample_matrix(self.n_controls, n_controls, self.interp, dtype=self.weight.dtype,
                             device=self.weight.device)
         with torch.no_grad():
@@ -125,6 +133,8 @@ class ODEBlock(nn.Module):
     def extra_repr(self) -> str:
         gradient = "" if self.gradient == "discrete" else f", gradient={self.gradient!r}"
         gradient += "" if self.norm == "none" else f", norm={self.norm!r}"
+        gradient += "" if self.method == "euler" else f", method={self.method!r}"
+        gradient += "" if self.memory == "states" else f", memory={self.memory!r}"
         return (f"{self.channels}, n_steps={self.n_steps}, n_controls={self.n_controls}, T={self.T}, "
                 f"layer={self.layer!r}, activation={self.activation!r}, interp={self.interp!r}, "
                 f"kernel_size={self.kernel_size}, backend={self.backend!r}, checkpoint={self.checkpoint}"

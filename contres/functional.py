@@ -7,7 +7,7 @@ import warnings
 import torch
 
 from . import _ext, adjoint, ops, reference
-from .reference import ACTIVATIONS, INTERPS, LAYERS, NORMS
+from .reference import ACTIVATIONS, INTERPS, LAYERS, MEMORIES, METHODS, NORMS
 
 BACKENDS = ("auto", "fused", "reference")
 GRADIENTS = ("discrete", "continuous")
@@ -41,13 +41,28 @@ def checkpoint_stride(checkpoint, n_steps: int) -> int:
     raise ValueError(f"checkpoint must be a bool or an integer stride >= 1, got {checkpoint!r}")
 
 
-def validate(x, weight, bias, *, T, n_steps, layer, activation, interp, backend, norm="none") -> None:
+def check_method(method, memory, checkpoint=False) -> None:
+    """method and memory, and that they go together (and with checkpoint)."""
+    _check_choice("method", method, METHODS)
+    _check_choice("memory", memory, MEMORIES)
+    if memory == "reversible":
+        if method != "leapfrog":
+            raise ValueError(f"memory='reversible' needs method='leapfrog' (the only reversible integrator), "
+                             f"got method={method!r}")
+        if checkpoint not in (False, None, 0):
+            raise ValueError(f"memory='reversible' keeps no intermediate states, so it takes no checkpoint; "
+                             f"got checkpoint={checkpoint!r}")
+
+
+def validate(x, weight, bias, *, T, n_steps, layer, activation, interp, backend, norm="none", method="euler",
+             memory="states", checkpoint=False) -> None:
     """Raise a clear error naming the bad argument; never touches the tensors' data."""
     _check_choice("layer", layer, LAYERS)
     _check_choice("activation", activation, ACTIVATIONS)
     _check_choice("interp", interp, INTERPS)
     _check_choice("norm", norm, NORMS)
     _check_choice("backend", backend, BACKENDS)
+    check_method(method, memory, checkpoint)
     _check_positive_int("n_steps", n_steps)
     _check_final_time(T)
     for name, t in (("x", x), ("weight", weight), ("bias", bias)):
@@ -90,12 +105,11 @@ def _under_grad_transform() -> bool:
         return True
 
 
-def _fused_unavailable(device: torch.device, norm: str):
-    """Why the fused ops cannot serve this device and norm, or None when they can."""
+def _fused_unavailable(device: torch.device, norm: str = "none"):
+    """Why the fused ops cannot serve this device, or None when they can (every norm has fused kernels on every
+    device with kernels; norm stays in the signature for callers that pass it)."""
     if not _ext.has_kernels(device.type):
         return _ext.LOAD_ERROR or f"this build of contres has no {device.type} kernels ({_ext.build_info()})"
-    if norm != "none" and device.type != "cpu":
-        return f"norm={norm!r} has fused kernels on the CPU only so far"
     return None
 
 
@@ -145,27 +159,38 @@ def _autocast_inputs(x, weight, bias):
 
 def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: float = 1.0, n_steps: int,
               layer: str = "single", activation: str = "relu", interp: str = "constant", backend: str = "auto",
-              checkpoint=False, gradient: str = "discrete", norm: str = "none") -> torch.Tensor:
-    """n_steps forward-Euler steps of du/dt = f(u, theta(t)) on [0, T] (design section 1).
+              checkpoint=False, gradient: str = "discrete", norm: str = "none", method: str = "euler",
+              memory: str = "states") -> torch.Tensor:
+    """n_steps steps of the method for du/dt = f(u, theta(t)) on [0, T] (docs/math.md).
 
     x: (B, C, H, W); weight: controls (n_controls, C, C, k, k); bias: (n_controls, C).
+    method: 'euler' (forward Euler), 'rk4' (classic Runge-Kutta; the controls are interpolated at every stage
+    time), or 'leapfrog' (u_{k+1} = 2 u_k - u_{k-1} + h^2 f(u_k), u_{-1} = u_0: the second-order, hyperbolic
+    network, reversible).
     backend: 'fused' (compiled ops; error when not built for x's device), 'reference' (PyTorch autograd),
     'auto' (fused where available, else the reference with one warning).
     checkpoint: False keeps every state for the backward; True or a stride s keeps every s-th state and
     recomputes the rest in the backward (fused backend only; the reference uses plain autograd).
+    memory: 'states' (default: what checkpoint says), or 'reversible' (leapfrog only, fused backend): the forward
+    keeps u_{N-1} and u_N alone and the backward recomputes u_{k-1} = 2 u_k - u_{k+1} + h^2 f(u_k) as it walks
+    back, so activation memory does not grow with n_steps; exact in exact arithmetic, it drifts by rounding
+    (contres.ops.last_reversible_drift() reports the recomputed u_0 against x).
     gradient: 'discrete' (the exact gradient of this discrete network, Discretize-Optimize) or 'continuous'
-    (Optimize-Discretize: the adjoint ODE solved backward with its own Euler steps, see contres.adjoint; an
-    O(h) approximation for comparisons, computed with the reference step function whatever the backend, and
-    ignoring checkpoint).
+    (Optimize-Discretize, euler only: the adjoint ODE solved backward with its own Euler steps, see
+    contres.adjoint; an O(h) approximation for comparisons, computed with the reference step function whatever
+    the backend, and ignoring checkpoint).
     norm: 'none', or 'tv': each pixel's channel vector of z = conv(u) + b is divided by its length,
-    z / sqrt(sum_c z^2 + reference.TV_EPS), before the activation (fused on the CPU; the reference on CUDA).
+    z / sqrt(sum_c z^2 + reference.TV_EPS), before the activation.
     """
     x, weight, bias = _autocast_inputs(x, weight, bias)
     validate(x, weight, bias, T=T, n_steps=n_steps, layer=layer, activation=activation, interp=interp,
-             backend=backend, norm=norm)
+             backend=backend, norm=norm, method=method, memory=memory, checkpoint=checkpoint)
     _check_choice("gradient", gradient, GRADIENTS)
     stride = checkpoint_stride(checkpoint, n_steps)
     if gradient == "continuous":
+        if method != "euler":
+            raise ValueError(f"gradient='continuous' solves Euler's adjoint ODE; it is defined for method='euler' "
+                             f"only, got method={method!r} (use gradient='discrete')")
         if _under_grad_transform():
             raise RuntimeError("gradient='continuous' cannot run under torch.func.grad / vjp / jacrev / jvp: its "
                                "backward solves the adjoint with torch.autograd; use torch.autograd.grad / "
@@ -174,6 +199,6 @@ def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: f
                                             activation=activation, interp=interp, norm=norm)
     if resolve_backend(backend, x.device, norm) == "reference":
         return reference.ode_block(x, weight, bias, T=T, n_steps=n_steps, layer=layer, activation=activation,
-                                   interp=interp, norm=norm)
-    K, b = reference.interpolate_controls(weight, bias, n_steps, interp)
-    return ops.ode_forward(x, K, b, float(T) / n_steps, layer, activation, stride, norm)[0]
+                                   interp=interp, norm=norm, method=method)
+    K, b = reference.interpolate_controls(weight, bias, n_steps, interp, method)
+    return ops.ode_forward(x, K, b, float(T) / n_steps, layer, activation, stride, norm, method, memory)[0]

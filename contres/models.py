@@ -36,15 +36,16 @@ class ContinuousResNet(nn.Module):
     then global average pooling and a linear classifier. The stages do the feature transformation as an ODE; the
     connecting layers change width and resolution, which an ODE cannot.
 
-    n_steps, n_controls, T, layer, activation, interp, kernel_size, backend, checkpoint and gradient are passed to
-    every ODEBlock (see contres.ODEBlock), and block_norm as its norm ('none' or 'tv', inside the blocks); norm
-    ('batch', 'group' or 'none') is the normalisation of the opening and connecting layers.
+    n_steps, n_controls, T, layer, activation, interp, kernel_size, backend, checkpoint, gradient, method and memory
+    are passed to every ODEBlock (see contres.ODEBlock), and block_norm as its norm ('none' or 'tv', inside the
+    blocks); norm ('batch', 'group' or 'none') is the normalisation of the opening and connecting layers.
     """
 
     def __init__(self, in_channels: int, num_classes: int, widths=(16, 32, 64), n_steps: int = 4,
                  n_controls: int | None = None, layer: str = "single", activation: str = "relu",
                  interp: str = "constant", backend: str = "auto", *, T: float = 1.0, kernel_size: int = 3,
-                 checkpoint=False, gradient: str = "discrete", norm: str = "batch", block_norm: str = "none"):
+                 checkpoint=False, gradient: str = "discrete", norm: str = "batch", block_norm: str = "none",
+                 method: str = "euler", memory: str = "states"):
         super().__init__()
         widths = tuple(int(w) for w in widths)
         if not widths or min(widths) < 1:
@@ -53,7 +54,7 @@ class ContinuousResNet(nn.Module):
         self.stem = nn.Sequential(*_conv_norm_relu(in_channels, widths[0], 3, norm))
         self.blocks = nn.ModuleList(
             ODEBlock(w, n_steps, n_controls, T, layer, activation, interp, kernel_size, backend, checkpoint,
-                     gradient=gradient, norm=block_norm) for w in widths)
+                     gradient=gradient, norm=block_norm, method=method, memory=memory) for w in widths)
         self.connections = nn.ModuleList(
             nn.Sequential(*_conv_norm_relu(c_in, c_out, 1, norm), nn.AvgPool2d(2))
             for c_in, c_out in zip(widths[:-1], widths[1:]))

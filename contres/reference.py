@@ -1,12 +1,10 @@
 """Pure-PyTorch autograd implementation of the ODE block (the oracle).
 
-This module is the contract of design section 1 written as plain PyTorch: every
-fused kernel is tested against it, and it is the fallback where no compiled
-kernel exists for a device.
+This module is the contract of docs/math.md written as plain PyTorch: every fused kernel is tested against it, and
+it is the fallback where no compiled kernel exists for a device. Its gradients are PyTorch autograd's, i.e. the exact
+discrete adjoint of each integrator.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +13,8 @@ LAYERS = ("single", "double_sym")
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid")
 INTERPS = ("constant", "linear")
 NORMS = ("none", "tv")
+METHODS = ("euler", "rk4", "leapfrog")
+MEMORIES = ("states", "reversible")  # what the fused backward keeps; "reversible": leapfrog only
 LEAKY_SLOPE = 0.01
 TV_EPS = 1e-3  # eps of the "tv" normalisation z / sqrt(sum_c z^2 + eps)
 
@@ -34,35 +34,83 @@ def activation_fn(name: str):
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 
-def interpolation_matrix(n_steps: int, n_controls: int, interp: str, *, dtype=torch.float64,
-                         device=None) -> torch.Tensor:
-    """W of shape (n_steps, n_controls): the weights used at step k are sum_j W[k, j] theta_j.
+def stage_times(n_steps: int, method: str = "euler") -> list:
+    """The times at which the method evaluates the controls, as fractions (p, q) of T: t_k = k/N for euler and
+    leapfrog (step k uses row k), the half steps j/(2N), j = 0..2N, for rk4 (step k uses rows 2k, 2k+1, 2k+1,
+    2k+2)."""
+    N = int(n_steps)
+    if method in ("euler", "leapfrog"):
+        return [(k, N) for k in range(N)]
+    if method == "rk4":
+        return [(j, 2 * N) for j in range(2 * N + 1)]
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
-    constant: control j owns [jT/M, (j+1)T/M); linear: controls are nodes j T/(M-1), states
-    sit at t_k = k T/N. T cancels out, so W depends only on N, M and the rule.
+
+def n_stage_times(n_steps: int, method: str = "euler") -> int:
+    """Rows of the per-time weights the method uses: N, or 2N + 1 for rk4."""
+    return 2 * int(n_steps) + 1 if method == "rk4" else int(n_steps)
+
+
+def control_weights_at(times, n_controls: int, interp: str) -> list:
+    """Rows W[i] (lists of n_controls floats): theta(t_i) = sum_j W[i][j] theta_j, times t_i = p/q of T.
+
+    constant: control j = min(floor(t M / T), M - 1) owns [jT/M, (j+1)T/M); linear: controls are nodes jT/(M-1),
+    s = t (M - 1) / T, j = min(floor(s), M - 2), weight s - j on control j + 1; with M = 1 "linear" is "constant".
+    Integer arithmetic up to the weights themselves, so no rounding of the times moves a step to another control.
     """
-    N, M = int(n_steps), int(n_controls)
-    W = [[0.0] * M for _ in range(N)]  # plain Python, so torch.compile folds it into a constant
-    if interp == "constant" or (interp == "linear" and M == 1):
-        for k in range(N):
-            W[k][min((k * M) // N, M - 1)] = 1.0
-    elif interp == "linear":
-        for k in range(N):
-            s = k * (M - 1) / N
-            j = min(int(math.floor(s)), M - 2)
-            a = s - j
-            W[k][j] += 1.0 - a
-            W[k][j + 1] += a
-    else:
+    M = int(n_controls)
+    if interp not in INTERPS:
         raise ValueError(f"interp must be one of {INTERPS}, got {interp!r}")
-    return torch.tensor(W, dtype=dtype, device=device)
+    rows = []
+    for p, q in times:
+        row = [0.0] * M
+        if interp == "constant" or M == 1:
+            row[min(p * M // q, M - 1)] = 1.0
+        else:
+            j = min(p * (M - 1) // q, M - 2)
+            a = (p * (M - 1) - j * q) / q  # s - j, with s = p (M - 1) / q
+            row[j] += 1.0 - a
+            row[j + 1] += a
+        rows.append(row)
+    return rows
 
 
-def interpolate_controls(weight: torch.Tensor, bias: torch.Tensor, n_steps: int, interp: str):
-    """Per-step kernels K (N, C, C, k, k) and biases b (N, C) from the controls (differentiable)."""
-    if interp == "constant" and weight.shape[0] == n_steps:  # W is the identity
+def interpolation_matrix(n_steps: int, n_controls: int, interp: str, *, dtype=torch.float64, device=None,
+                         method: str = "euler") -> torch.Tensor:
+    """W of shape (n_stage_times, n_controls): the weights used at the method's i-th stage time are
+    sum_j W[i, j] theta_j (see stage_times). T cancels out, so W depends only on N, M, the rule and the method."""
+    return torch.tensor(control_weights_at(stage_times(n_steps, method), n_controls, interp), dtype=dtype,
+                        device=device)
+
+
+_WEIGHTS_ON_DEVICE: dict = {}
+
+
+def _interpolation_weights(n_steps: int, n_controls: int, interp: str, method: str, dtype, device) -> torch.Tensor:
+    """interpolation_matrix, kept on its device per configuration: CUDA graph capture forbids host-to-device
+    copies, so a block captured after one uncaptured call finds its weights already there (and no call copies them
+    again). Traced by torch.compile, it is a constant of the graph instead. Callers must not modify it."""
+    if torch.compiler.is_compiling():
+        return interpolation_matrix(n_steps, n_controls, interp, dtype=dtype, device=device, method=method)
+    key = (int(n_steps), int(n_controls), interp, method, dtype, torch.device(device))
+    W = _WEIGHTS_ON_DEVICE.get(key)
+    if W is None:
+        if torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("contres: a CUDA graph capture cannot copy this block's interpolation weights to the "
+                               "GPU; run the block once before capturing it")
+        W = interpolation_matrix(n_steps, n_controls, interp, dtype=dtype, device=device, method=method)
+        if len(_WEIGHTS_ON_DEVICE) < 4096:  # configurations, not data: bounded all the same
+            _WEIGHTS_ON_DEVICE[key] = W
+    return W
+
+
+def interpolate_controls(weight: torch.Tensor, bias: torch.Tensor, n_steps: int, interp: str,
+                         method: str = "euler"):
+    """Per-time kernels K (n_stage_times, C, C, k, k) and biases b (n_stage_times, C) from the controls
+    (differentiable): the controls interpolated at the method's stage times."""
+    if method != "rk4" and interp == "constant" and weight.shape[0] == n_steps:  # W is the identity
         return weight, bias
-    W = interpolation_matrix(n_steps, weight.shape[0], interp, dtype=weight.dtype, device=weight.device)
+    W = _interpolation_weights(n_steps, weight.shape[0], interp, method, weight.dtype, weight.device)
     K = torch.einsum("kj,j...->k...", W, weight)
     b = torch.einsum("kj,jc->kc", W, bias)
     return K, b
@@ -73,9 +121,9 @@ def tv_norm(z: torch.Tensor) -> torch.Tensor:
     return z * torch.rsqrt(z.square().sum(dim=1, keepdim=True) + TV_EPS)
 
 
-def euler_step(u: torch.Tensor, K: torch.Tensor, b: torch.Tensor, h: float, layer: str, act,
-               norm: str = "none") -> torch.Tensor:
-    """One forward-Euler step u_{k+1} of design section 1; norm="tv" normalises z before the activation."""
+def rhs(u: torch.Tensor, K: torch.Tensor, b: torch.Tensor, layer: str, act, norm: str = "none") -> torch.Tensor:
+    """The layer's right-hand side f(u) with kernel K and bias b: act(conv(u, K) + b) for "single",
+    -convT(act(conv(u, K) + b), K) for "double_sym"; norm="tv" normalises z = conv(u, K) + b before act."""
     pad = K.shape[-1] // 2
     z = F.conv2d(u, K, b, padding=pad)
     if norm == "tv":
@@ -83,31 +131,70 @@ def euler_step(u: torch.Tensor, K: torch.Tensor, b: torch.Tensor, h: float, laye
     elif norm != "none":
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if layer == "single":
-        return u + h * act(z)
+        return act(z)
     if layer == "double_sym":
-        return u - h * F.conv_transpose2d(act(z), K, padding=pad)
+        return -F.conv_transpose2d(act(z), K, padding=pad)
     raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
 
 
-def ode_block_steps(x: torch.Tensor, K: torch.Tensor, b: torch.Tensor, *, T: float, layer: str,
-                    activation: str, norm: str = "none") -> torch.Tensor:
-    """Run n_steps = K.shape[0] Euler steps on [0, T] with the given per-step kernels and biases."""
-    return euler_steps(x, K, b, float(T) / K.shape[0], layer, activation, norm)
+def euler_step(u: torch.Tensor, K: torch.Tensor, b: torch.Tensor, h: float, layer: str, act,
+               norm: str = "none") -> torch.Tensor:
+    """One forward-Euler step u + h f(u)."""
+    return u + h * rhs(u, K, b, layer, act, norm)
+
+
+def integrate(x: torch.Tensor, K: torch.Tensor, b: torch.Tensor, h: float, layer: str, activation: str,
+              norm: str = "none", method: str = "euler") -> torch.Tensor:
+    """The method's N steps of size h with the per-time kernels and biases of interpolate_controls.
+
+    euler:    u_{k+1} = u_k + h f(u_k, t_k)
+    rk4:      k1 = f(u_k, t_k), k2 = f(u_k + h/2 k1, t_k + h/2), k3 = f(u_k + h/2 k2, t_k + h/2),
+              k4 = f(u_k + h k3, t_k + h);  u_{k+1} = u_k + h/6 (k1 + 2 k2 + 2 k3 + k4)
+    leapfrog: u_{k+1} = 2 u_k - u_{k-1} + h^2 f(u_k, t_k), with u_{-1} = u_0
+    """
+    act = activation_fn(activation)
+    f = lambda u, i: rhs(u, K[i], b[i], layer, act, norm)  # noqa: E731
+    if method == "euler":
+        u = x
+        for k in range(K.shape[0]):
+            u = u + h * f(u, k)
+        return u
+    if method == "rk4":
+        if K.shape[0] % 2 != 1:
+            raise ValueError(f"rk4 needs kernels at the 2N + 1 half steps, got {K.shape[0]}")
+        u = x
+        for k in range((K.shape[0] - 1) // 2):
+            k1 = f(u, 2 * k)
+            k2 = f(u + (h / 2) * k1, 2 * k + 1)
+            k3 = f(u + (h / 2) * k2, 2 * k + 1)
+            k4 = f(u + h * k3, 2 * k + 2)
+            u = u + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+        return u
+    if method == "leapfrog":
+        u_prev, u = x, x
+        for k in range(K.shape[0]):
+            u_prev, u = u, 2 * u - u_prev + (h * h) * f(u, k)
+        return u
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
 def euler_steps(x: torch.Tensor, K: torch.Tensor, b: torch.Tensor, h: float, layer: str,
                 activation: str, norm: str = "none") -> torch.Tensor:
     """K.shape[0] Euler steps of size h with the given per-step kernels and biases."""
-    act = activation_fn(activation)
-    u = x
-    for k in range(K.shape[0]):
-        u = euler_step(u, K[k], b[k], h, layer, act, norm)
-    return u
+    return integrate(x, K, b, h, layer, activation, norm, "euler")
+
+
+def ode_block_steps(x: torch.Tensor, K: torch.Tensor, b: torch.Tensor, *, T: float, layer: str,
+                    activation: str, norm: str = "none", method: str = "euler") -> torch.Tensor:
+    """The method on [0, T] with the given per-time kernels and biases (N = K.shape[0], or (K.shape[0] - 1) / 2
+    for rk4)."""
+    n_steps = (K.shape[0] - 1) // 2 if method == "rk4" else K.shape[0]
+    return integrate(x, K, b, float(T) / n_steps, layer, activation, norm, method)
 
 
 def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: float, n_steps: int,
               layer: str = "single", activation: str = "relu", interp: str = "constant",
-              norm: str = "none") -> torch.Tensor:
-    """Reference ODE block: controls (M, C, C, k, k) and (M, C), n_steps Euler steps on [0, T]."""
-    K, b = interpolate_controls(weight, bias, n_steps, interp)
-    return ode_block_steps(x, K, b, T=T, layer=layer, activation=activation, norm=norm)
+              norm: str = "none", method: str = "euler") -> torch.Tensor:
+    """Reference ODE block: controls (M, C, C, k, k) and (M, C), n_steps steps of the method on [0, T]."""
+    K, b = interpolate_controls(weight, bias, n_steps, interp, method)
+    return integrate(x, K, b, float(T) / n_steps, layer, activation, norm, method)

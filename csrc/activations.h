@@ -5,33 +5,19 @@
 
 #include <c10/macros/Macros.h>
 
+#include <c10/util/Exception.h>
+
 #include <cmath>
 #include <cstdint>
-#include <string>
 #include <type_traits>
 
+#include "config.h"
+
 namespace contres {
-
-enum class Act : int64_t { Identity = 0, Relu = 1, LeakyRelu = 2, Tanh = 3, Sigmoid = 4 };
-enum class Layer : int64_t { Single = 0, DoubleSym = 1 };
-
-// What the forward keeps per step so the backward can form act'(z_k).
-enum class Aux : int64_t {
-  None = 0,   // identity: act' = 1
-  Mask = 1,   // relu/leaky_relu of the single layer: bit-packed sign of z, ceil(H*W/8) bytes per plane
-  Value = 2,  // a = act(z) in the state dtype (tanh/sigmoid; every activation of double_sym, whose
-              // weight gradient needs a anyway)
-  Pre = 3,    // z itself (norm "tv": the backward recomputes the normalisation, act and act' from it)
-};
 
 constexpr double kTvEps = 1e-3;  // the "tv" normalisation z / sqrt(sum_c z^2 + kTvEps); reference.TV_EPS
 
 constexpr double kLeakySlope = 0.01;
-
-Act parse_activation(const std::string& name);
-Layer parse_layer(const std::string& name);
-bool parse_norm(const std::string& name);  // "none" or "tv": is it "tv"?
-Aux aux_kind(Layer layer, Act act, bool tv);
 
 template <Act A>
 struct Activation;
@@ -87,8 +73,22 @@ decltype(auto) dispatch_activation(Act act, Fn&& fn) {
     case Act::Relu: return fn(std::integral_constant<Act, Act::Relu>{});
     case Act::LeakyRelu: return fn(std::integral_constant<Act, Act::LeakyRelu>{});
     case Act::Tanh: return fn(std::integral_constant<Act, Act::Tanh>{});
-    default: return fn(std::integral_constant<Act, Act::Sigmoid>{});
+    case Act::Sigmoid: return fn(std::integral_constant<Act, Act::Sigmoid>{});
   }
+  TORCH_CHECK(false, "contres: internal error: activation code ", static_cast<int64_t>(act));
+}
+
+// Calls fn(std::integral_constant<Aux, K>{}) for the aux kinds the passes read and write (not Pre: "tv" has its
+// own passes).
+template <typename Fn>
+decltype(auto) dispatch_aux(Aux aux, Fn&& fn) {
+  switch (aux) {
+    case Aux::None: return fn(std::integral_constant<Aux, Aux::None>{});
+    case Aux::Mask: return fn(std::integral_constant<Aux, Aux::Mask>{});
+    case Aux::Value: return fn(std::integral_constant<Aux, Aux::Value>{});
+    case Aux::Pre: break;
+  }
+  TORCH_CHECK(false, "contres: internal error: no elementwise pass for aux kind ", static_cast<int64_t>(aux));
 }
 
 }  // namespace contres

@@ -1,7 +1,9 @@
-// Every op schema of contres in one place, the CPU registrations, and the Python module with build_info.
+// Every op schema of contres in one place, the CPU and Meta registrations, and the Python module with build_info
+// and the CPU buffer pool's controls.
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include "cpu/buffer_pool.h"
 #include "ode_block.h"
 
 #ifndef CONTRES_TORCH_VERSION
@@ -17,15 +19,28 @@
 TORCH_LIBRARY(contres, m) {
   m.def(
       "ode_forward(Tensor x, Tensor weight, Tensor bias, float h, str layer, str activation, int checkpoint,"
-      " str norm=\"none\") -> (Tensor, Tensor, Tensor)");
+      " str norm=\"none\", str method=\"euler\", str memory=\"states\") -> (Tensor, Tensor, Tensor)");
   m.def(
       "ode_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor bias, Tensor states, Tensor aux, float h,"
-      " str layer, str activation, int checkpoint, str norm=\"none\") -> (Tensor, Tensor, Tensor)");
+      " str layer, str activation, int checkpoint, str norm=\"none\", str method=\"euler\", str memory=\"states\")"
+      " -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(contres, CPU, m) {
   m.impl("ode_forward", &contres::ode_forward);
   m.impl("ode_backward", &contres::ode_backward);
+}
+
+#ifdef CONTRES_WITH_CUDA
+TORCH_LIBRARY_IMPL(contres, CUDA, m) {  // the same device-agnostic driver; it sets x's device itself
+  m.impl("ode_forward", &contres::ode_forward);
+  m.impl("ode_backward", &contres::ode_backward);
+}
+#endif
+
+TORCH_LIBRARY_IMPL(contres, Meta, m) {
+  m.impl("ode_forward", &contres::ode_forward_meta);
+  m.impl("ode_backward", &contres::ode_backward_meta);
 }
 
 namespace py = pybind11;
@@ -47,4 +62,18 @@ PYBIND11_MODULE(_C, m) {
     info["torch_version"] = CONTRES_TORCH_VERSION;
     return info;
   });
+  m.def("cpu_pool_stats", [] {
+    const contres::PoolStats s = contres::pool_stats();
+    py::dict d;
+    d["cached_bytes"] = s.cached_bytes;
+    d["cached_blocks"] = s.cached_blocks;
+    d["limit_bytes"] = s.limit_bytes;
+    d["hits"] = s.hits;
+    d["misses"] = s.misses;
+    d["evictions"] = s.evictions;
+    return d;
+  });
+  m.def("cpu_pool_set_limit", &contres::pool_set_limit, py::arg("bytes"));
+  m.def("cpu_pool_empty", &contres::pool_empty);
+  m.def("cpu_pool_reset_counters", &contres::pool_reset_counters);
 }

@@ -1,10 +1,9 @@
-// The two fused elementwise passes of the ODE block, one implementation per device. Everything else in a
-// step (the convolutions) goes to ATen, i.e. oneDNN on the CPU and cuDNN on CUDA; see ode_block.cpp.
+// The fused elementwise passes of the ODE block, one implementation per device (cpu/, cuda/passes/). Everything
+// else in a step (the convolutions) goes to ATen (oneDNN on the CPU, cuDNN on CUDA) or to the fused cuDNN graphs.
 //
-// The passes see a contiguous 4-D tensor as size(0) * size(1) planes of size(2) * size(3) elements; the
-// driver hands them its channels_last data as one flat plane of B*C*H*W elements in memory order (all operands
-// share the layout, and elementwise work does not care which it is). Masks are bit-packed per plane (bit t of
-// byte j is element 8j+t of the plane), so no byte is shared between planes.
+// Every state-like operand of a pass is a dense tensor, all of one memory layout (the driver hands them its
+// channels_last data): the passes index memory linearly, element i of each operand being element i of the others.
+// A Mask aux is bit-packed in that order: bit t of byte j is element 8j + t.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -13,43 +12,80 @@
 
 namespace contres {
 
-// Forward of the single layer: u_next = u + h * act(z).
-//   aux_out (kind Mask: uint8, mask_bytes(plane) per plane; kind Value: act(z) like u) is written when defined;
-//   u_next may be undefined when only the aux is wanted (recomputation in the checkpointed backward).
-void single_update_cpu(const at::Tensor& u, const at::Tensor& z, double h, Act act, Aux aux_kind,
-                       const at::Tensor& u_next, const at::Tensor& aux_out);
+// One evaluation of the single layer's f = act(z), or of the identity (f = z) for double_sym's update and the
+// methods' linear combinations, into up to two outputs:
+//   out  = c0 * x0 + c1 * x1 + alpha * f    when out is defined (x1 may be undefined)
+//   out2 = y0 + beta * f                    when out2 is defined
+//   aux  = what the backward needs of z     when aux is defined: Mask, the sign bits of z; Value, f
+// (act, aux_kind) must be forward_pass_reachable (config.h). out may alias x0 or x1, and out2 y0: every element
+// is read before it is written.
+struct ForwardPass {
+  at::Tensor z;
+  Act act = Act::Identity;
+  Aux aux_kind = Aux::None;
+  at::Tensor out, x0, x1;
+  double c0 = 1, c1 = 0, alpha = 0;
+  at::Tensor out2, y0;
+  double beta = 0;
+  at::Tensor aux;
+};
 
-// Adjoint gate of one step:
-//   v = lam + gi (just lam when gi is undefined), written to v_out when v_out is defined;
-//   g = scale * act'(z) * v, written to g_out, with act'(z) taken from aux (see Aux).
-// v_out may alias gi and g_out may alias lam: every element is read before it is written.
-void adjoint_gate_cpu(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
-                      double scale, const at::Tensor& v_out, const at::Tensor& g_out);
+// The adjoint gate of one evaluation:
+//   v = lam + c_mu * mu                      (mu may be undefined)
+//   g = scale * act'(z) * v                  act' from aux (kind aux_kind; None: 1)
+//   sum_out = sum_in + mu                    when sum_out is defined (sum_in undefined: lam)
+//   bias = sum over (B, H, W) of g           when bias is defined and the device reduces it in the pass
+// (act, aux_kind) must be gate_pass_reachable. g may alias lam; sum_out may alias mu or sum_in.
+struct GatePass {
+  at::Tensor lam, mu;
+  double c_mu = 1;
+  at::Tensor aux;
+  Act act = Act::Identity;
+  Aux aux_kind = Aux::None;
+  double scale = 1;
+  at::Tensor g, sum_in, sum_out;
+  at::Tensor bias;       // (C) of the state dtype
+  int64_t channels = 0;  // C: the data are channels_last, so element i has channel i % C
+};
 
-// Norm "tv" (cpu/tv_kernels.cpp), on flat channels_last data of `channels` channels: per pixel, n = z / r with
-// r = sqrt(sum_c z^2 + kTvEps), and a = act(n).
-// Forward: the single layer (u defined) writes u_next = u + h * a, double_sym (u undefined) writes a_out = a
-//   (a_out may alias z); z_keep, when defined, gets a copy of z (what the backward keeps).
-void tv_forward_cpu(const at::Tensor& z, int64_t channels, Act act, const at::Tensor& u, double h,
-                    const at::Tensor& u_next, const at::Tensor& a_out, const at::Tensor& z_keep);
-// Adjoint gate: v = lam + gi (lam when gi is undefined; to v_out when defined), w = scale * act'(n) * v, and
-//   g = dL/dz = (w - n (n . w)) / r to g_out; a_out = act(n) when defined. v_out may alias gi, g_out lam.
-void tv_adjoint_gate_cpu(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& z, int64_t channels,
-                         Act act, double scale, const at::Tensor& v_out, const at::Tensor& g_out,
-                         const at::Tensor& a_out);
+// Norm "tv", per pixel over its C channels (contiguous in channels_last): n = z / r, r = sqrt(sum_c z^2 + kTvEps),
+// a = act(n). Forward: out / out2 as ForwardPass with f = a; a_out = a (may alias z); z_keep = z (the Pre aux).
+struct TvForwardPass {
+  at::Tensor z;
+  int64_t channels = 0;
+  Act act = Act::Identity;
+  at::Tensor out, x0, x1;
+  double c0 = 1, c1 = 0, alpha = 0;
+  at::Tensor out2, y0;
+  double beta = 0;
+  at::Tensor a_out, z_keep;
+};
+// Adjoint: v = lam + c_mu * mu, w = scale * act'(n) * v, g = dL/dz = (w - n (n . w)) / r; sum_out = sum_in + mu
+// as GatePass; a_out = act(n) when defined. z is the kept pre-activation. g may alias lam.
+struct TvGatePass {
+  at::Tensor lam, mu;
+  double c_mu = 1;
+  at::Tensor z;
+  int64_t channels = 0;
+  Act act = Act::Identity;
+  double scale = 1;
+  at::Tensor g, sum_in, sum_out, a_out;
+};
+
+void forward_pass_cpu(const ForwardPass& p);
+void gate_pass_cpu(const GatePass& p);  // never reduces the bias
+void tv_forward_pass_cpu(const TvForwardPass& p);
+void tv_gate_pass_cpu(const TvGatePass& p);
 
 #ifdef CONTRES_WITH_CUDA
-void single_update_cuda(const at::Tensor& u, const at::Tensor& z, double h, Act act, Aux aux_kind,
-                        const at::Tensor& u_next, const at::Tensor& aux_out);
-// As adjoint_gate_cpu, on flat channels_last data of `channels` channels; also reduces the bias gradient
-// bias_grad (C) = sum over (B, H, W) of g, deterministically, where the layout allows (C % 8 == 0). Returns
-// whether it wrote bias_grad.
-bool adjoint_gate_cuda(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
-                       double scale, const at::Tensor& v_out, const at::Tensor& g_out, const at::Tensor& bias_grad,
-                       int64_t channels);
+void forward_pass_cuda(const ForwardPass& p);
+// Reduces the bias in the pass (deterministically) when C % 8 == 0 and the data are aligned; returns whether it did.
+bool gate_pass_cuda(const GatePass& p);
+void tv_forward_pass_cuda(const TvForwardPass& p);
+void tv_gate_pass_cuda(const TvGatePass& p);
+// Bit-packs a uint8 mask (one byte per element, nonzero = 1) into Mask bits, and back.
+void pack_mask_cuda(const at::Tensor& bytes, const at::Tensor& bits);
+void unpack_mask_cuda(const at::Tensor& bits, const at::Tensor& bytes);
 #endif
-
-// Bytes of bit-packed mask per plane of hw elements.
-inline int64_t mask_bytes(int64_t hw) { return (hw + 7) / 8; }
 
 }  // namespace contres

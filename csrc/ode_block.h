@@ -1,4 +1,5 @@
-// The fused ODE-block ops: the whole N-step forward and the whole exact discrete adjoint, one call each.
+// The fused ODE-block ops: the whole N-step forward and the whole exact discrete adjoint, one call each, for
+// every method (euler, rk4, leapfrog). Implemented in driver/; what they keep is saved.h's contract.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -8,24 +9,33 @@
 
 namespace contres {
 
-// Every state-sized tensor inside the ops, the saved states included, is channels_last; the x-shaped outputs
-// (u_N, dL/dx) keep x's own layout.
-
-// weight: per-step kernels (N, C, C, k, k); bias: per-step biases (N, C); h = T / N.
-// checkpoint = 0 keeps every state and the per-step aux for the backward; checkpoint = s > 0 keeps only
-// u_s, u_2s, ... and the backward recomputes each segment.
-// norm: "none", or "tv" (z / sqrt(sum_c z^2 + kTvEps) per pixel before the activation).
+// weight / bias: the kernels (rows, C, C, k, k) and biases (rows, C) at the method's stage times (rows = N, or
+// 2N + 1 for rk4); h = T / N. checkpoint = 0 keeps every state and aux for the backward; s > 0 keeps every s-th
+// state and the backward recomputes each segment; memory = "reversible" (leapfrog) keeps u_{N-1} and u_N only.
+// Every state-sized tensor inside is channels_last; u_N and dL/dx keep x's own layout.
 // Returns (u_N, saved states, saved aux); u_0 is x itself and is not copied.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(const at::Tensor& x, const at::Tensor& weight,
                                                            const at::Tensor& bias, double h, c10::string_view layer,
                                                            c10::string_view activation, int64_t checkpoint,
-                                                           c10::string_view norm);
+                                                           c10::string_view norm, c10::string_view method,
+                                                           c10::string_view memory);
 
-// Returns (dL/dx, dL/dweight, dL/dbias) for the per-step weight and bias.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_backward(const at::Tensor& grad_out, const at::Tensor& x,
-                                                            const at::Tensor& weight, const at::Tensor& bias,
-                                                            const at::Tensor& states, const at::Tensor& aux, double h,
-                                                            c10::string_view layer, c10::string_view activation,
-                                                            int64_t checkpoint, c10::string_view norm);
+// Returns (dL/dx, dL/dweight, dL/dbias, drift): the gradients for the per-time weight and bias, and, for
+// memory = "reversible", max |u_0 recomputed - x| / max |x| (0 otherwise), a 0-d tensor of x's dtype.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
+    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory);
+
+// The same checks and output metadata on meta tensors (symbolic sizes under torch.compile / torch.export).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward_meta(const at::Tensor& x, const at::Tensor& weight,
+                                                                const at::Tensor& bias, double h,
+                                                                c10::string_view layer, c10::string_view activation,
+                                                                int64_t checkpoint, c10::string_view norm,
+                                                                c10::string_view method, c10::string_view memory);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward_meta(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
+    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory);
 
 }  // namespace contres

@@ -138,14 +138,19 @@ def test_cuda_graph_capture_and_replay(layer, activation, checkpoint):
             assert_close_rel(a, r, 1e-6, f"graphed grad {name}")
 
 
-def test_tv_norm_on_cuda_runs_the_reference(monkeypatch):
-    """norm="tv" has fused kernels on the CPU only: backend="auto" runs the reference on CUDA (one warning),
-    backend="fused" says so."""
-    x, w, b = make_inputs(B=2, C=8, H=6, W=6, M=2, dtype=torch.float64, device="cuda")
-    kw = dict(T=1.0, n_steps=3, layer="double_sym", activation="tanh", norm="tv")
-    monkeypatch.setattr(contres.functional, "_warned_fallback", set())
-    with pytest.warns(RuntimeWarning, match="norm='tv' has fused kernels on the CPU only"):
-        y = contres.functional.ode_block(x, w, b, backend="auto", **kw)
-    assert_close_rel(y, contres.reference.ode_block(x, w, b, **kw), 1e-12, "auto output")
-    with pytest.raises(RuntimeError, match="norm='tv' has fused kernels on the CPU only"):
-        contres.functional.ode_block(x, w, b, backend="fused", **kw)
+@pytest.mark.parametrize("C", [3, 8, 16, 64], ids=lambda c: f"C{c}")  # one lane, 8 and 32 lanes per pixel
+@pytest.mark.parametrize("layer,activation,method", [("single", "relu", "euler"), ("double_sym", "tanh", "rk4"),
+                                                     ("single", "sigmoid", "leapfrog")])
+def test_tv_norm_fused_on_cuda(C, layer, activation, method):
+    """norm="tv" runs its CUDA passes (backend="auto" picks them without a warning) and matches the reference."""
+    x, w, b = make_inputs(B=2, C=C, H=6, W=5, M=2, dtype=torch.float64, device="cuda")
+    g = random_like(x)
+    kw = dict(T=1.0, n_steps=3, layer=layer, activation=activation, norm="tv", method=method)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, grads = run_block(x, w, b, g, backend="auto", **kw)
+    y_ref, grads_ref = run_block(x, w, b, g, backend="reference", **kw)
+    assert_close_rel(y, y_ref, 1e-12, "output")
+    for name, a, r in zip(("x", "weight", "bias"), grads, grads_ref):
+        assert_close_rel(a, r, 1e-10, f"grad {name}")

@@ -176,7 +176,7 @@ def _op_cases():
         "bias rank 1": ((x, w, b[0], h, *good), ValueError, r"bias must be 2-D"),
         "integer x": ((x.int(), w.int(), b.int(), h, *good), TypeError, r"x must be a floating tensor"),
         "dtype mismatch": ((x, w.double(), b, h, *good), TypeError, r"weight and bias must have x's dtype"),
-        "channel mismatch": ((x[:, :2], w, b, h, *good), ValueError, r"weight must be \(n_steps, C, C, k, k\)"),
+        "channel mismatch": ((x[:, :2], w, b, h, *good), ValueError, r"weight must be \(rows, C, C, k, k\)"),
         "even kernel": ((x, w[..., :2, :2], b, h, *good), ValueError, r"odd k"),
         "non-square kernel": ((x, w[..., :1], b, h, *good), ValueError, r"weight must be"),
         "no steps": ((x, w[:0], b[:0], h, *good), ValueError, r"n_steps"),
@@ -219,7 +219,7 @@ def test_ode_backward_op_bad_input():
                   tensors, ValueError, r"grad_out must have x's shape")
     # states of checkpoint 0 passed with checkpoint 2 (N = 2: no state saved with stride 2)
     _expect_error(lambda: torch.ops.contres.ode_backward(gy, x, w, b, states, aux, 0.5, "single", "relu", 2),
-                  tensors, ValueError, r"states do not match")
+                  tensors, ValueError, r"states must be the forward.s saved states")
 
 
 # ----------------------------------------------------------------------------------------------- edge cases

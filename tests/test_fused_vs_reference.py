@@ -182,8 +182,7 @@ def test_cpu_autocast_bfloat16(layer, activation, norm):
 
 
 # ------------------------------------------------------------------------------------------------ norm="tv"
-# Fused on the CPU only (CUDA falls back to the reference: test_cuda). C = 3 runs the scalar per-pixel loops,
-# C = 8 and 16 the vectorised ones (8 floats or 4 doubles per vector).
+# C = 3 runs the scalar per-pixel loops, C = 8 and 16 the vectorised ones (8 floats or 4 doubles per vector).
 @pytest.mark.parametrize("C", [3, 8, 16])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("layer", LAYERS)

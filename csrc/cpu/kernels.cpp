@@ -1,6 +1,8 @@
-// CPU implementations of the fused elementwise passes (see kernels.h), parallel over planes (or segments of
-// them) with at::parallel_for. float and double use at::vec (AVX2 when the build host has it, see
-// vec_activations.h); the reduced types run the same maths in scalar loops with float accumulation.
+// CPU implementations of the fused elementwise passes (see kernels.h), parallel over segments of the flat data
+// with at::parallel_for. float and double use at::vec (AVX2 when the build host has it, see vec_activations.h);
+// the reduced types run the same maths in scalar loops with float accumulation. The optional operands are
+// template flags, so every inner loop is branch-free; only the (activation, aux) pairs the table in config.h
+// can produce are instantiated.
 #include "vec_activations.h"
 
 #include <ATen/ATen.h>
@@ -21,20 +23,24 @@
 namespace contres {
 namespace {
 
-// Work items: a plane, or a segment of one when planes are large (a channels_last tensor is passed as one
-// plane of B*C*H*W elements). Segments start at multiples of 8 elements, so each owns whole mask bytes.
-struct Segments {
-  int64_t hw, mbytes, per_plane, count;
-  static constexpr int64_t kLength = 1 << 14;
-  static constexpr int64_t kGrainElements = 1 << 15;
+using cpu::act_vec;
+using cpu::df_value_vec;
+using cpu::kVectorised;
+using cpu::Vectorized;
 
-  Segments(int64_t planes, int64_t hw_)
-      : hw(hw_), mbytes(mask_bytes(hw_)), per_plane(std::max<int64_t>(1, (hw_ + kLength - 1) / kLength)),
-        count(planes * per_plane) {}
-  int64_t plane(int64_t item) const { return item / per_plane; }
-  int64_t begin(int64_t item) const { return (item % per_plane) * kLength; }  // element offset in its plane
-  int64_t length(int64_t item) const { return std::min(kLength, hw - begin(item)); }
-  int64_t grain() const { return std::max<int64_t>(1, kGrainElements / std::min(hw, kLength)); }
+// Work items: segments of the flat data, starting at multiples of 8 elements so that each owns whole mask bytes.
+struct Segments {
+  static constexpr int64_t kLength = 1 << 14;
+  int64_t n, count;
+  explicit Segments(int64_t numel) : n(numel), count((numel + kLength - 1) / kLength) {}
+  int64_t begin(int64_t item) const { return item * kLength; }
+  int64_t length(int64_t item) const { return std::min(kLength, n - begin(item)); }
+  template <typename Fn>
+  void parallel(const Fn& fn) const {  // fn(first element, elements) per segment
+    at::parallel_for(0, count, 2, [&](int64_t b, int64_t e) {
+      for (int64_t w = b; w < e; ++w) fn(begin(w), length(w));
+    });
+  }
 };
 
 // act' for each of the 256 mask bytes, 8 values per byte, so a chunk of 8 elements reads a contiguous row.
@@ -49,12 +55,7 @@ const opmath_t* mask_derivative_table() {
   return table.data();
 }
 
-using cpu::act_vec;
-using cpu::df_value_vec;
-using cpu::kVectorised;
-using cpu::Vectorized;
-
-// Bit t of mask[j] is the sign bit of z[8j + t] (see Activation::mask_bit), for the n elements of a segment.
+// Bit t of mask[j] is Activation<A>::mask_bit(z[8j + t]), for the n elements of a segment.
 template <Act A, typename T>
 void pack_mask(const T* z, uint8_t* mask, int64_t n) {
   for (int64_t j = 0; 8 * j < n; ++j) {
@@ -65,24 +66,8 @@ void pack_mask(const T* z, uint8_t* mask, int64_t n) {
   }
 }
 
-// Forward of one segment, scalar: the reduced types, and the tails of the vectorised version. The flags are
-// template parameters so that every inner loop is branch-free.
-template <typename scalar_t, Act A, bool kOut, bool kMask, bool kValue>
-void single_update_plane(const scalar_t* u, const scalar_t* z, scalar_t* out, uint8_t* mask, scalar_t* val,
-                         int64_t n, at::opmath_type<scalar_t> h) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  if constexpr (kOut || kValue) {
-    for (int64_t i = 0; i < n; ++i) {
-      const opmath_t a = Activation<A>::f(static_cast<opmath_t>(z[i]));
-      if constexpr (kValue) val[i] = static_cast<scalar_t>(a);
-      if constexpr (kOut) out[i] = static_cast<scalar_t>(static_cast<opmath_t>(u[i]) + h * a);
-    }
-  }
-  if constexpr (kMask) pack_mask<A>(z, mask, n);
-}
-
-// The mask byte of 8 consecutive z (bit t = Activation<A>::mask_bit(z[t])): one compare and movemask with
-// AVX2, which is most of the forward pass's time otherwise (measured: 4 of its 6 ms per 8 steps, B32 C32 32x32).
+// The mask byte of 8 consecutive z: one compare and movemask with AVX2, which is most of the forward pass's time
+// otherwise (measured: 4 of its 6 ms per 8 steps, B32 C32 32x32).
 template <Act A, typename T>
 uint8_t mask_byte(const T* z) {
 #if defined(CPU_CAPABILITY_AVX2)
@@ -102,163 +87,239 @@ uint8_t mask_byte(const T* z) {
   return bits;
 }
 
-// Forward of one segment, vectorised (float, double): whole mask bytes with at::vec, the rest scalar.
-template <typename T, Act A, bool kOut, bool kMask, bool kValue>
-void single_update_plane_vec(const T* u, const T* z, T* out, uint8_t* mask, T* val, int64_t n, T h) {
+// The forward pass's operands for one segment (pointers already offset to it) and its flags.
+template <typename T>
+struct ForwardPtrs {
+  const T* z;
+  T *out, *out2, *val;
+  const T *x0, *x1, *y0;
+  uint8_t* mask;
+};
+
+template <typename scalar_t, Act A, Aux K, bool kOut, bool kX1, bool kOut2>
+void forward_segment_scalar(const ForwardPtrs<scalar_t>& p, int64_t n, const std::array<at::opmath_type<scalar_t>, 4>& c) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const opmath_t c0 = c[0], c1 = c[1], alpha = c[2], beta = c[3];
+  if constexpr (kOut || kOut2 || K == Aux::Value) {
+    for (int64_t i = 0; i < n; ++i) {
+      const opmath_t f = Activation<A>::f(static_cast<opmath_t>(p.z[i]));
+      if constexpr (K == Aux::Value) p.val[i] = static_cast<scalar_t>(f);
+      opmath_t o = 0, o2 = 0;
+      if constexpr (kOut) {
+        o = c0 * static_cast<opmath_t>(p.x0[i]);
+        if constexpr (kX1) o += c1 * static_cast<opmath_t>(p.x1[i]);
+        o += alpha * f;
+      }
+      if constexpr (kOut2) o2 = static_cast<opmath_t>(p.y0[i]) + beta * f;
+      if constexpr (kOut) p.out[i] = static_cast<scalar_t>(o);
+      if constexpr (kOut2) p.out2[i] = static_cast<scalar_t>(o2);
+    }
+  }
+  if constexpr (K == Aux::Mask) pack_mask<A>(p.z, p.mask, n);
+}
+
+template <typename T, Act A, Aux K, bool kOut, bool kX1, bool kOut2>
+void forward_segment_vec(const ForwardPtrs<T>& p, int64_t n, const std::array<T, 4>& c) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   static_assert(8 % V == 0, "a vector must not straddle two mask bytes");
   const int64_t body = n / 8 * 8;
-  const Vec hv(h);
+  const Vec c0(c[0]), c1(c[1]), alpha(c[2]), beta(c[3]);
   for (int64_t i = 0; i < body; i += 8) {
-    if constexpr (kOut || kValue) {
+    if constexpr (kOut || kOut2 || K == Aux::Value) {
       for (int64_t j = i; j < i + 8; j += V) {
-        const Vec a = act_vec<A>(Vec::loadu(z + j));
-        if constexpr (kValue) a.store(val + j);
-        if constexpr (kOut) at::vec::fmadd(hv, a, Vec::loadu(u + j)).store(out + j);
+        const Vec f = act_vec<A>(Vec::loadu(p.z + j));
+        if constexpr (K == Aux::Value) f.store(p.val + j);
+        Vec o, o2;
+        if constexpr (kOut) {
+          Vec base = c0 * Vec::loadu(p.x0 + j);
+          if constexpr (kX1) base = at::vec::fmadd(c1, Vec::loadu(p.x1 + j), base);
+          o = at::vec::fmadd(alpha, f, base);
+        }
+        if constexpr (kOut2) o2 = at::vec::fmadd(beta, f, Vec::loadu(p.y0 + j));
+        if constexpr (kOut) o.store(p.out + j);
+        if constexpr (kOut2) o2.store(p.out2 + j);
       }
     }
-    if constexpr (kMask) mask[i / 8] = mask_byte<A>(z + i);
+    if constexpr (K == Aux::Mask) p.mask[i / 8] = mask_byte<A>(p.z + i);
   }
-  single_update_plane<T, A, kOut, kMask, kValue>(u + body, z + body, kOut ? out + body : nullptr,
-                                                 kMask ? mask + body / 8 : nullptr, kValue ? val + body : nullptr,
-                                                 n - body, h);
+  ForwardPtrs<T> tail = p;
+  tail.z += body;
+  if (kOut) tail.out += body, tail.x0 += body;
+  if (kX1) tail.x1 += body;
+  if (kOut2) tail.out2 += body, tail.y0 += body;
+  if (K == Aux::Value) tail.val += body;
+  if (K == Aux::Mask) tail.mask += body / 8;
+  forward_segment_scalar<T, A, K, kOut, kX1, kOut2>(tail, n - body, c);
 }
 
-// Adjoint gate of one segment, scalar (the reduced types, and the tails of the vectorised version). Writing v
-// over gi or g over lam is safe: each element is read before it is written.
-template <typename scalar_t, Act A, Aux K, bool kGi, bool kV>
-void adjoint_gate_plane(const scalar_t* lam, const scalar_t* gi, const uint8_t* mask, const scalar_t* val,
-                        const at::opmath_type<scalar_t>* table, scalar_t* v_out, scalar_t* g_out, int64_t n,
-                        at::opmath_type<scalar_t> scale) {
+template <typename scalar_t, Act A, Aux K, bool kOut, bool kX1, bool kOut2>
+void forward_kernel(const ForwardPass& a) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const ForwardPtrs<scalar_t> base{a.z.const_data_ptr<scalar_t>(),
+                                   kOut ? a.out.mutable_data_ptr<scalar_t>() : nullptr,
+                                   kOut2 ? a.out2.mutable_data_ptr<scalar_t>() : nullptr,
+                                   K == Aux::Value ? a.aux.mutable_data_ptr<scalar_t>() : nullptr,
+                                   kOut ? a.x0.const_data_ptr<scalar_t>() : nullptr,
+                                   kX1 ? a.x1.const_data_ptr<scalar_t>() : nullptr,
+                                   kOut2 ? a.y0.const_data_ptr<scalar_t>() : nullptr,
+                                   K == Aux::Mask ? a.aux.mutable_data_ptr<uint8_t>() : nullptr};
+  const std::array<opmath_t, 4> c{static_cast<opmath_t>(a.c0), static_cast<opmath_t>(a.c1),
+                                  static_cast<opmath_t>(a.alpha), static_cast<opmath_t>(a.beta)};
+  Segments(a.z.numel()).parallel([&](int64_t e, int64_t n) {
+    ForwardPtrs<scalar_t> p = base;
+    p.z += e;
+    if (kOut) p.out += e, p.x0 += e;
+    if (kX1) p.x1 += e;
+    if (kOut2) p.out2 += e, p.y0 += e;
+    if (K == Aux::Value) p.val += e;
+    if (K == Aux::Mask) p.mask += e / 8;
+    if constexpr (kVectorised<scalar_t>)
+      forward_segment_vec<scalar_t, A, K, kOut, kX1, kOut2>(p, n, c);
+    else
+      forward_segment_scalar<scalar_t, A, K, kOut, kX1, kOut2>(p, n, c);
+  });
+}
+
+// Adjoint gate of one segment. Every operand of element i is read before anything of element i is written.
+template <typename T>
+struct GatePtrs {
+  const T *lam, *mu, *sum_in, *val;
+  const uint8_t* mask;
+  T *g, *sum_out;
+};
+
+template <typename scalar_t, Act A, Aux K, bool kMu, bool kSum>
+void gate_segment_scalar(const GatePtrs<scalar_t>& p, int64_t n, at::opmath_type<scalar_t> c_mu,
+                         at::opmath_type<scalar_t> scale, const at::opmath_type<scalar_t>* table) {
   using opmath_t = at::opmath_type<scalar_t>;
   for (int64_t i = 0; i < n; ++i) {
-    opmath_t v = static_cast<opmath_t>(lam[i]);
-    if constexpr (kGi) v += static_cast<opmath_t>(gi[i]);
-    if constexpr (kV) v_out[i] = static_cast<scalar_t>(v);
+    opmath_t v = static_cast<opmath_t>(p.lam[i]);
+    opmath_t m = 0, s = 0;
+    if constexpr (kMu) {
+      m = static_cast<opmath_t>(p.mu[i]);
+      v += c_mu * m;
+    }
+    if constexpr (kSum) s = static_cast<opmath_t>(p.sum_in[i]) + m;
     opmath_t d;
-    if constexpr (K == Aux::Mask) d = table[8 * mask[i / 8] + i % 8];
-    else if constexpr (K == Aux::Value) d = Activation<A>::df_value(static_cast<opmath_t>(val[i]));
+    if constexpr (K == Aux::Mask) d = table[8 * p.mask[i / 8] + i % 8];
+    else if constexpr (K == Aux::Value) d = Activation<A>::df_value(static_cast<opmath_t>(p.val[i]));
     else d = opmath_t(1);
-    g_out[i] = static_cast<scalar_t>(scale * d * v);
+    p.g[i] = static_cast<scalar_t>(scale * d * v);
+    if constexpr (kSum) p.sum_out[i] = static_cast<scalar_t>(s);
   }
 }
 
-// Adjoint gate of one segment, vectorised (float, double): whole mask bytes with at::vec, the rest scalar.
-template <typename T, Act A, Aux K, bool kGi, bool kV>
-void adjoint_gate_plane_vec(const T* lam, const T* gi, const uint8_t* mask, const T* val, const T* table, T* v_out,
-                            T* g_out, int64_t n, T scale) {
+template <typename T, Act A, Aux K, bool kMu, bool kSum>
+void gate_segment_vec(const GatePtrs<T>& p, int64_t n, T c_mu, T scale, const T* table) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   static_assert(8 % V == 0, "a vector must not straddle two mask bytes");
   const int64_t body = n / 8 * 8;
-  const Vec sv(scale);
+  const Vec cv(c_mu), sv(scale);
   for (int64_t i = 0; i < body; i += V) {
-    Vec v = Vec::loadu(lam + i);
-    if constexpr (kGi) v = v + Vec::loadu(gi + i);
-    if constexpr (kV) v.store(v_out + i);
+    Vec v = Vec::loadu(p.lam + i), s;
+    if constexpr (kMu) {
+      const Vec m = Vec::loadu(p.mu + i);
+      v = at::vec::fmadd(cv, m, v);
+      if constexpr (kSum) s = Vec::loadu(p.sum_in + i) + m;
+    }
     Vec d;
-    if constexpr (K == Aux::Mask) d = Vec::loadu(table + 8 * mask[i / 8] + i % 8);
-    else if constexpr (K == Aux::Value) d = df_value_vec<A>(Vec::loadu(val + i));
+    if constexpr (K == Aux::Mask) d = Vec::loadu(table + 8 * p.mask[i / 8] + i % 8);
+    else if constexpr (K == Aux::Value) d = df_value_vec<A>(Vec::loadu(p.val + i));
     else d = Vec(1);
-    (sv * d * v).store(g_out + i);
+    (sv * d * v).store(p.g + i);
+    if constexpr (kSum) s.store(p.sum_out + i);
   }
-  adjoint_gate_plane<T, A, K, kGi, kV>(lam + body, kGi ? gi + body : nullptr,
-                                       K == Aux::Mask ? mask + body / 8 : nullptr,
-                                       K == Aux::Value ? val + body : nullptr, table, kV ? v_out + body : nullptr,
-                                       g_out + body, n - body, scale);
+  GatePtrs<T> tail = p;
+  tail.lam += body;
+  tail.g += body;
+  if (kMu) tail.mu += body;
+  if (kSum) tail.sum_in += body, tail.sum_out += body;
+  if (K == Aux::Value) tail.val += body;
+  if (K == Aux::Mask) tail.mask += body / 8;
+  gate_segment_scalar<T, A, K, kMu, kSum>(tail, n - body, c_mu, scale, table);
 }
 
-template <typename scalar_t, Act A, bool kOut, bool kMask, bool kValue>
-void single_update_kernel(const at::Tensor& u, const at::Tensor& z, double h, const at::Tensor& u_next,
-                          const at::Tensor& aux_out) {
-  const Segments seg(u.size(0) * u.size(1), u.size(2) * u.size(3));
-  const scalar_t* up = u.const_data_ptr<scalar_t>();
-  const scalar_t* zp = z.const_data_ptr<scalar_t>();
-  scalar_t* outp = kOut ? u_next.mutable_data_ptr<scalar_t>() : nullptr;
-  uint8_t* maskp = kMask ? aux_out.mutable_data_ptr<uint8_t>() : nullptr;
-  scalar_t* valp = kValue ? aux_out.mutable_data_ptr<scalar_t>() : nullptr;
-  const auto hh = static_cast<at::opmath_type<scalar_t>>(h);
-  at::parallel_for(0, seg.count, seg.grain(), [&](int64_t begin, int64_t end) {
-    for (int64_t w = begin; w < end; ++w) {
-      const int64_t e = seg.plane(w) * seg.hw + seg.begin(w), n = seg.length(w);
-      auto* const o = outp + (kOut ? e : 0);
-      auto* const m = maskp + (kMask ? seg.plane(w) * seg.mbytes + seg.begin(w) / 8 : 0);
-      auto* const v = valp + (kValue ? e : 0);
-      if constexpr (kVectorised<scalar_t>)
-        single_update_plane_vec<scalar_t, A, kOut, kMask, kValue>(up + e, zp + e, o, m, v, n, hh);
-      else
-        single_update_plane<scalar_t, A, kOut, kMask, kValue>(up + e, zp + e, o, m, v, n, hh);
-    }
-  });
-}
-
-template <typename scalar_t, Act A, Aux K, bool kGi, bool kV>
-void adjoint_gate_kernel(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, double scale,
-                         const at::Tensor& v_out, const at::Tensor& g_out) {
+template <typename scalar_t, Act A, Aux K, bool kMu, bool kSum>
+void gate_kernel(const GatePass& a) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const Segments seg(lam.size(0) * lam.size(1), lam.size(2) * lam.size(3));
-  const scalar_t* lamp = lam.const_data_ptr<scalar_t>();
-  const scalar_t* gip = kGi ? gi.const_data_ptr<scalar_t>() : nullptr;
-  scalar_t* vp = kV ? v_out.mutable_data_ptr<scalar_t>() : nullptr;
-  scalar_t* gp = g_out.mutable_data_ptr<scalar_t>();
-  const uint8_t* maskp = K == Aux::Mask ? aux.const_data_ptr<uint8_t>() : nullptr;
-  const scalar_t* valp = K == Aux::Value ? aux.const_data_ptr<scalar_t>() : nullptr;
+  const GatePtrs<scalar_t> base{a.lam.const_data_ptr<scalar_t>(),
+                                kMu ? a.mu.const_data_ptr<scalar_t>() : nullptr,
+                                kSum ? (a.sum_in.defined() ? a.sum_in : a.lam).const_data_ptr<scalar_t>() : nullptr,
+                                K == Aux::Value ? a.aux.const_data_ptr<scalar_t>() : nullptr,
+                                K == Aux::Mask ? a.aux.const_data_ptr<uint8_t>() : nullptr,
+                                a.g.mutable_data_ptr<scalar_t>(),
+                                kSum ? a.sum_out.mutable_data_ptr<scalar_t>() : nullptr};
   const opmath_t* table = K == Aux::Mask ? mask_derivative_table<opmath_t, A>() : nullptr;
-  const opmath_t s = static_cast<opmath_t>(scale);
-
-  at::parallel_for(0, seg.count, seg.grain(), [&](int64_t begin, int64_t end) {
-    for (int64_t w = begin; w < end; ++w) {
-      const int64_t e = seg.plane(w) * seg.hw + seg.begin(w), n = seg.length(w);
-      const scalar_t* const gi_p = kGi ? gip + e : nullptr;
-      const uint8_t* const mask_p = K == Aux::Mask ? maskp + seg.plane(w) * seg.mbytes + seg.begin(w) / 8 : nullptr;
-      const scalar_t* const val_p = K == Aux::Value ? valp + e : nullptr;
-      scalar_t* const v_p = kV ? vp + e : nullptr;
-      if constexpr (kVectorised<scalar_t>)
-        adjoint_gate_plane_vec<scalar_t, A, K, kGi, kV>(lamp + e, gi_p, mask_p, val_p, table, v_p, gp + e, n, s);
-      else
-        adjoint_gate_plane<scalar_t, A, K, kGi, kV>(lamp + e, gi_p, mask_p, val_p, table, v_p, gp + e, n, s);
-    }
+  const auto c_mu = static_cast<opmath_t>(a.c_mu), scale = static_cast<opmath_t>(a.scale);
+  Segments(a.lam.numel()).parallel([&](int64_t e, int64_t n) {
+    GatePtrs<scalar_t> p = base;
+    p.lam += e;
+    p.g += e;
+    if (kMu) p.mu += e;
+    if (kSum) p.sum_in += e, p.sum_out += e;
+    if (K == Aux::Value) p.val += e;
+    if (K == Aux::Mask) p.mask += e / 8;
+    if constexpr (kVectorised<scalar_t>)
+      gate_segment_vec<scalar_t, A, K, kMu, kSum>(p, n, c_mu, scale, table);
+    else
+      gate_segment_scalar<scalar_t, A, K, kMu, kSum>(p, n, c_mu, scale, table);
   });
+}
+
+template <typename Fn>
+void dispatch_bool(bool value, const Fn& fn) {
+  if (value) fn(std::true_type{});
+  else fn(std::false_type{});
 }
 
 }  // namespace
 
-void single_update_cpu(const at::Tensor& u, const at::Tensor& z, double h, Act act, Aux aux_kind,
-                       const at::Tensor& u_next, const at::Tensor& aux_out) {
-  const bool out = u_next.defined(), mask = aux_kind == Aux::Mask && aux_out.defined(),
-             value = aux_kind == Aux::Value && aux_out.defined();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, u.scalar_type(), "contres_single_update_cpu", [&] {
-    dispatch_activation(act, [&](auto tag) {
-      constexpr Act A = decltype(tag)::value;
-      if (out && mask) single_update_kernel<scalar_t, A, true, true, false>(u, z, h, u_next, aux_out);
-      else if (out && value) single_update_kernel<scalar_t, A, true, false, true>(u, z, h, u_next, aux_out);
-      else if (out) single_update_kernel<scalar_t, A, true, false, false>(u, z, h, u_next, aux_out);
-      else if (mask) single_update_kernel<scalar_t, A, false, true, false>(u, z, h, u_next, aux_out);
-      else if (value) single_update_kernel<scalar_t, A, false, false, true>(u, z, h, u_next, aux_out);
+void forward_pass_cpu(const ForwardPass& a) {
+  const bool out = a.out.defined(), x1 = out && a.x1.defined(), out2 = a.out2.defined();
+  const Aux kind = a.aux.defined() ? a.aux_kind : Aux::None;
+  if (!out && !out2 && kind == Aux::None) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.z.scalar_type(), "contres_forward_pass_cpu", [&] {
+    dispatch_activation(a.act, [&](auto act) {
+      dispatch_aux(kind, [&](auto aux) {
+        constexpr Act A = decltype(act)::value;
+        constexpr Aux K = decltype(aux)::value;
+        if constexpr (!forward_pass_reachable(A, K)) {
+          TORCH_CHECK(false, "contres: internal error: no forward pass for ", name_of(A), " with aux ", name_of(K));
+        } else {
+          dispatch_bool(out, [&](auto o) {
+            dispatch_bool(x1, [&](auto with_x1) {
+              dispatch_bool(out2, [&](auto o2) {
+                forward_kernel<scalar_t, A, K, decltype(o)::value, decltype(o)::value && decltype(with_x1)::value,
+                               decltype(o2)::value>(a);
+              });
+            });
+          });
+        }
+      });
     });
   });
 }
 
-void adjoint_gate_cpu(const at::Tensor& lam, const at::Tensor& gi, const at::Tensor& aux, Aux aux_kind, Act act,
-                      double scale, const at::Tensor& v_out, const at::Tensor& g_out) {
-  TORCH_CHECK(v_out.defined() == gi.defined(), "contres: adjoint_gate writes v exactly when gi is given");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, lam.scalar_type(), "contres_adjoint_gate_cpu", [&] {
-    dispatch_activation(act, [&](auto tag) {
-      constexpr Act A = decltype(tag)::value;
-      auto run = [&](auto kind, auto with_gi) {
-        adjoint_gate_kernel<scalar_t, A, decltype(kind)::value, decltype(with_gi)::value,
-                            decltype(with_gi)::value>(lam, gi, aux, scale, v_out, g_out);
-      };
-      auto by_gi = [&](auto kind) {
-        if (gi.defined()) run(kind, std::true_type{});
-        else run(kind, std::false_type{});
-      };
-      switch (aux_kind) {
-        case Aux::Mask: by_gi(std::integral_constant<Aux, Aux::Mask>{}); break;
-        case Aux::Value: by_gi(std::integral_constant<Aux, Aux::Value>{}); break;
-        default: by_gi(std::integral_constant<Aux, Aux::None>{}); break;
-      }
+void gate_pass_cpu(const GatePass& a) {
+  const bool mu = a.mu.defined(), sum = a.sum_out.defined();
+  TORCH_CHECK(!sum || mu, "contres: internal error: the gate's running sum adds mu");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.lam.scalar_type(), "contres_gate_pass_cpu", [&] {
+    dispatch_activation(a.act, [&](auto act) {
+      dispatch_aux(a.aux_kind, [&](auto aux) {
+        constexpr Act A = decltype(act)::value;
+        constexpr Aux K = decltype(aux)::value;
+        if constexpr (!gate_pass_reachable(A, K)) {
+          TORCH_CHECK(false, "contres: internal error: no gate pass for ", name_of(A), " with aux ", name_of(K));
+        } else {
+          dispatch_bool(mu, [&](auto m) {
+            dispatch_bool(sum, [&](auto s) {
+              gate_kernel<scalar_t, A, K, decltype(m)::value, decltype(m)::value && decltype(s)::value>(a);
+            });
+          });
+        }
+      });
     });
   });
 }

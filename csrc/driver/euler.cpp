@@ -1,0 +1,57 @@
+// Forward Euler: u_{k+1} = u_k + h f(u_k, t_k), and its adjoint
+//   lam_k = lam_{k+1} + J_k^T (h lam_{k+1}),  dL/dK_k, dL/db_k from the evaluation at u_k.
+#include <ATen/ATen.h>
+
+#include "methods.h"
+
+namespace contres {
+
+void euler_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& tape, int64_t begin, int64_t end) {
+  at::Tensor u = tape.state(begin);
+  for (int64_t k = begin; k < end; ++k) {
+    const at::Tensor next = tape.state(k + 1);
+    Combination comb;
+    if (next.defined()) comb.out = next, comb.x0 = u, comb.alpha = p.h;
+    st.forward(u, w.K[k], w.b[k], comb, tape.aux(k, 0));
+    u = next;
+  }
+}
+
+namespace {
+
+class EulerAdjoint final : public Adjoint {
+ public:
+  EulerAdjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads, const at::Tensor& grad_out)
+      : p_(p), st_(st), w_(w), grads_(grads), lam_(grad_out) {}
+
+  void steps(const Tape& tape, int64_t begin, int64_t end) override {
+    for (int64_t k = end - 1; k >= begin; --k) {
+      // dL/du_{k+1} = lam + mu (mu: J^T of the step after), formed in mu's buffer by the same pass as the gate.
+      Upstream up;
+      up.lam = lam_, up.mu = mu_, up.scale = p_.h;
+      if (mu_.defined()) up.sum_out = mu_;
+      at::Tensor mu = st_.adjoint(up, tape.state(k), w_.K[k], tape.aux(k, 0), grads_.weight[k], grads_.bias[k],
+                                  false, true);
+      if (mu_.defined()) lam_ = mu_;
+      mu_ = mu;
+    }
+  }
+
+  at::Tensor finish() override { return mu_.add_(lam_); }
+
+ private:
+  const Problem& p_;
+  Stages& st_;
+  const Weights& w_;
+  const Grads& grads_;
+  at::Tensor lam_, mu_;
+};
+
+}  // namespace
+
+std::unique_ptr<Adjoint> make_euler_adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads,
+                                            const at::Tensor& grad_out) {
+  return std::make_unique<EulerAdjoint>(p, st, w, grads, grad_out);
+}
+
+}  // namespace contres

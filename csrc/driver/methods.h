@@ -1,0 +1,61 @@
+// The integrators: each method's forward sweep over a range of steps and its exact discrete adjoint, written on
+// the Stages building blocks. The op entry points (ode_ops.cpp) decide what is kept (the table), hand the
+// sweeps a Tape that says where each state and aux lives, and replay checkpointed segments. docs/math.md has
+// every formula.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include "stages.h"
+
+namespace contres {
+
+// Kernels and biases at the method's stage times (N rows, or rk4's 2N + 1 half steps).
+struct Weights {
+  at::Tensor K, b;
+};
+
+// Where a sweep reads and writes: u_k, rk4's stage inputs, and each evaluation's aux. An undefined tensor from
+// state(k) means "not wanted" (the last step of a replayed segment needs its aux only); from aux(k, s), that
+// the aux is not kept.
+struct Tape {
+  std::function<at::Tensor(int64_t k)> state;
+  std::function<at::Tensor(int64_t k, int s)> stage;  // rk4: the input of stage s = 1, 2, 3 of step k
+  std::function<at::Tensor(int64_t k, int s)> aux;    // evaluation s (0-based) of step k
+};
+
+// Steps [begin, end) forward from tape.state(begin); leapfrog also needs the state before, u_{begin - 1}.
+void euler_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& tape, int64_t begin, int64_t end);
+void rk4_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& tape, int64_t begin, int64_t end);
+void leapfrog_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& tape, int64_t begin, int64_t end,
+                    const at::Tensor& u_before);
+
+// The gradients the adjoint writes: dL/dK and dL/db per stage time (rows of the weights).
+struct Grads {
+  at::Tensor weight, bias;
+};
+
+// An adjoint walks back through the steps, one segment at a time (last segment first), carrying its state.
+class Adjoint {
+ public:
+  virtual ~Adjoint() = default;
+  // Steps end - 1 down to begin, reading the tape.
+  virtual void steps(const Tape& tape, int64_t begin, int64_t end) = 0;
+  // dL/dx, once every step is done.
+  virtual at::Tensor finish() = 0;
+};
+
+// One per method; grad_out: dL/du_N in the internal layout (read, never written). The adjoints write every row
+// of grads (rk4 accumulates into rows it expects zeroed).
+std::unique_ptr<Adjoint> make_euler_adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads,
+                                            const at::Tensor& grad_out);
+std::unique_ptr<Adjoint> make_rk4_adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads,
+                                          const at::Tensor& grad_out);
+std::unique_ptr<Adjoint> make_leapfrog_adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads,
+                                               const at::Tensor& grad_out);
+
+}  // namespace contres

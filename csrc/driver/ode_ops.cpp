@@ -1,0 +1,310 @@
+// The op entry points: input checks, what is kept (saved.h), the tapes each sweep reads and writes, checkpointed
+// segments and the reversible walk back, and the Meta kernels that torch.compile and torch.export trace.
+#include "../ode_block.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
+
+#include <array>
+#include <cmath>
+#include <vector>
+
+#include "../saved.h"
+#include "methods.h"
+
+namespace contres {
+namespace {
+
+Dims check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h, const Config& cfg) {
+  TORCH_CHECK_VALUE(x.dim() == 4, "contres: x must be 4-D (B, C, H, W), got ", x.dim(), "-D");
+  TORCH_CHECK_VALUE(weight.dim() == 5, "contres: weight must be 5-D (rows, C, C, k, k), got ", weight.dim(), "-D");
+  TORCH_CHECK_VALUE(bias.dim() == 2, "contres: bias must be 2-D (rows, C), got ", bias.dim(), "-D");
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "contres: x must be a floating tensor, got ", x.scalar_type());
+  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type() && bias.scalar_type() == x.scalar_type(),
+                   "contres: weight and bias must have x's dtype ", x.scalar_type(), ", got ", weight.scalar_type(),
+                   " and ", bias.scalar_type());
+  TORCH_CHECK(weight.device() == x.device() && bias.device() == x.device(),
+              "contres: weight and bias must be on x's device ", x.device(), ", got ", weight.device(), " and ",
+              bias.device());
+  Dims d;
+  d.B = x.sym_size(0), d.C = x.sym_size(1), d.H = x.sym_size(2), d.W = x.sym_size(3);
+  const int64_t rows = weight.sym_size(0).guard_int(__FILE__, __LINE__);
+  if (cfg.method == Method::Rk4) {
+    TORCH_CHECK_VALUE(rows >= 3 && rows % 2 == 1, "contres: method='rk4' takes the kernels at the 2N + 1 half steps "
+                      "t = jT/(2N), an odd count >= 3; got weight.size(0) = ", rows);
+    d.n_steps = (rows - 1) / 2;
+  } else {
+    TORCH_CHECK_VALUE(rows >= 1, "contres: weight must hold at least one step, got n_steps = ", rows);
+    d.n_steps = rows;
+  }
+  d.k = weight.sym_size(3);
+  TORCH_CHECK_VALUE(weight.sym_size(1) == d.C && weight.sym_size(2) == d.C && weight.sym_size(4) == d.k &&
+                        d.k % 2 == 1,
+                    "contres: weight must be (rows, C, C, k, k) with C = ", d.C, " and odd k, got ", weight.sym_sizes());
+  TORCH_CHECK_VALUE(bias.sym_size(0) == rows && bias.sym_size(1) == d.C, "contres: bias must be (", rows, ", ", d.C,
+                    "), got ", bias.sym_sizes());
+  TORCH_CHECK_VALUE(std::isfinite(h) && h > 0, "contres: h must be a positive finite step, got ", h);
+  return d;
+}
+
+Problem make_problem(const Config& cfg, const Dims& d, double h, const at::Tensor& x) {
+  Problem p;
+  p.cfg = cfg;
+  p.h = h;
+  p.n_steps = d.n_steps;
+  p.B = d.B.expect_int(), p.C = d.C.expect_int(), p.H = d.H.expect_int(), p.W = d.W.expect_int();
+  p.pad = d.k.expect_int() / 2;
+  p.opts = x.options();
+  return p;
+}
+
+// grad_out, states and aux against x, the arguments and the table: anything the forward did not make is refused.
+void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& states,
+                           const at::Tensor& aux, const Config& cfg, const Dims& d) {
+  TORCH_CHECK_VALUE(grad_out.sym_sizes() == x.sym_sizes(), "contres: grad_out must have x's shape ", x.sym_sizes(),
+                    ", got ", grad_out.sym_sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(grad_out.scalar_type()), "contres: grad_out must be a floating tensor, got ",
+                   grad_out.scalar_type());
+  TORCH_CHECK(grad_out.device() == x.device(), "contres: grad_out must be on x's device ", x.device(), ", got ",
+              grad_out.device());
+  const SavedCounts n = saved_counts(cfg, d.n_steps);
+  const std::string states_what = "the forward's saved states for these arguments (" + std::to_string(n.states) +
+                                  " states of x's shape, channels_last)";
+  check_matches(states, states_spec(cfg, d, x.scalar_type()), x.device(), "states", states_what.c_str());
+  const std::string aux_what = "the forward's saved aux for these arguments (" + std::to_string(n.aux) + " entries of " +
+                               name_of(n.aux == 0 ? Aux::None : cfg.aux()) + ")";
+  check_matches(aux, aux_spec(cfg, d, x.scalar_type()), x.device(), "aux", aux_what.c_str());
+}
+
+// States not kept: three in turn (leapfrog reads u_{k-1} and u_k while it writes u_{k+1}).
+class Scratch {
+ public:
+  explicit Scratch(const Problem& p) : p_(p) {}
+  at::Tensor state(int64_t k) {
+    at::Tensor& t = ring_[k % 3];
+    if (!t.defined()) t = empty_state(p_);
+    return t;
+  }
+
+ private:
+  const Problem& p_;
+  std::array<at::Tensor, 3> ring_;
+};
+
+// Where checkpoint stride s keeps u_k, or -1. Leapfrog with s > 1 also keeps the state before each point.
+int64_t checkpoint_slot(const Config& cfg, int64_t n_steps, int64_t k) {
+  const int64_t s = cfg.checkpoint, points = (n_steps - 1) / s;
+  const bool pairs = cfg.method == Method::Leapfrog && s > 1;
+  if (k > 0 && k % s == 0 && k / s <= points) return pairs ? 2 * (k / s - 1) + 1 : k / s - 1;
+  if (pairs && (k + 1) % s == 0 && (k + 1) / s <= points) return 2 * ((k + 1) / s - 1);
+  return -1;
+}
+
+// The saved tape of a full-storage forward (checkpoint 0): u_0 = x, then the stack.
+int64_t full_state_slot(Method method, int64_t k) { return method == Method::Rk4 ? 4 * k - 1 : k - 1; }
+
+Tape saved_tape(const Problem& p, const at::Tensor& x, const at::Tensor& states, const at::Tensor& aux) {
+  const int64_t S = stages_per_step(p.cfg.method);
+  const Method m = p.cfg.method;
+  Tape t;
+  t.state = [=](int64_t k) { return k == 0 ? x : states[full_state_slot(m, k)]; };
+  t.stage = [=](int64_t k, int s) { return states[4 * k + s - 1]; };
+  t.aux = [=](int64_t k, int s) { return aux.numel() == 0 ? at::Tensor() : aux[k * S + s]; };
+  return t;
+}
+
+void sweep(const Problem& p, Stages& st, const Weights& w, const Tape& tape, int64_t begin, int64_t end,
+           const at::Tensor& u_before) {
+  switch (p.cfg.method) {
+    case Method::Euler: return euler_sweep(p, st, w, tape, begin, end);
+    case Method::Rk4: return rk4_sweep(p, st, w, tape, begin, end);
+    case Method::Leapfrog: return leapfrog_sweep(p, st, w, tape, begin, end, u_before);
+  }
+  TORCH_CHECK(false, "contres: internal error: method code ", static_cast<int64_t>(p.cfg.method));
+}
+
+std::unique_ptr<Adjoint> make_adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads,
+                                      const at::Tensor& grad_out) {
+  switch (p.cfg.method) {
+    case Method::Euler: return make_euler_adjoint(p, st, w, grads, grad_out);
+    case Method::Rk4: return make_rk4_adjoint(p, st, w, grads, grad_out);
+    case Method::Leapfrog: return make_leapfrog_adjoint(p, st, w, grads, grad_out);
+  }
+  TORCH_CHECK(false, "contres: internal error: method code ", static_cast<int64_t>(p.cfg.method));
+}
+
+Dims dims_of(const Problem& p) {
+  Dims d;
+  d.B = p.B, d.C = p.C, d.H = p.H, d.W = p.W, d.k = 2 * p.pad + 1, d.n_steps = p.n_steps;
+  return d;
+}
+
+// Checkpointed backward: each segment [c, c + s) replayed from its kept state(s) with full storage, last first.
+void replay_segments(const Problem& p, Stages& st, const Weights& w, const at::Tensor& x, const at::Tensor& states,
+                     Adjoint& adjoint) {
+  const Config& cfg = p.cfg;
+  const int64_t s = cfg.checkpoint, N = p.n_steps, S = stages_per_step(cfg.method);
+  const int64_t len = std::min(s, N);  // a stride beyond n_steps is one segment
+  const Dims d = dims_of(p);
+  const at::Tensor seg_states = allocate(state_stack_spec(std::max<int64_t>(len - 1, 0), d, x.scalar_type()), p.opts);
+  const at::Tensor seg_stages =
+      allocate(state_stack_spec(cfg.method == Method::Rk4 ? 3 * len : 0, d, x.scalar_type()), p.opts);
+  const at::Tensor seg_aux = allocate(aux_stack_spec(cfg.aux(), S * len, d, x.scalar_type()), p.opts);
+  auto kept = [&](int64_t k) { return k == 0 ? x : states[checkpoint_slot(cfg, N, k)]; };
+  for (int64_t c = ((N - 1) / s) * s; c >= 0; c -= s) {
+    const int64_t end = std::min(c + s, N);
+    Tape t;
+    t.state = [&, c, end](int64_t k) {
+      if (k == c) return kept(c);
+      return k < end ? seg_states[k - c - 1] : at::Tensor();
+    };
+    t.stage = [&, c](int64_t k, int i) { return seg_stages[3 * (k - c) + i - 1]; };
+    t.aux = [&, c](int64_t k, int i) { return seg_aux.numel() == 0 ? at::Tensor() : seg_aux[S * (k - c) + i]; };
+    const at::Tensor before = c == 0 ? x : (cfg.method == Method::Leapfrog && s > 1 ? kept(c - 1) : at::Tensor());
+    sweep(p, st, w, t, c, end, before);
+    adjoint.steps(t, c, end);
+  }
+}
+
+// memory="reversible" (leapfrog): walks back from u_{N-1}, u_N, recomputing u_{k-1} = 2 u_k - u_{k+1} + h^2 f(u_k)
+// with the evaluation the adjoint of step k needs anyway. Returns max|u_0 recomputed - x| / max|x|.
+at::Tensor reversible_walk(const Problem& p, Stages& st, const Weights& w, const at::Tensor& x,
+                           const at::Tensor& states, Adjoint& adjoint) {
+  const int64_t N = p.n_steps;
+  const Dims d = dims_of(p);
+  const at::Tensor aux = allocate(aux_stack_spec(p.cfg.aux(), 1, d, x.scalar_type()), p.opts);
+  const at::Tensor aux0 = aux.numel() == 0 ? at::Tensor() : aux[0];
+  at::Tensor drift = at::zeros({}, p.opts);
+  std::array<at::Tensor, 3> ring;  // u_j lives in ring[j % 3] once recomputed
+  at::Tensor u_next = states[1], u = states[0];
+  const double h2 = p.h * p.h;
+  for (int64_t k = N - 1; k >= 0; --k) {
+    at::Tensor u_prev;
+    Combination comb;
+    if (k >= 1) {
+      at::Tensor& slot = ring[(k - 1) % 3];
+      if (!slot.defined()) slot = empty_state(p);
+      u_prev = slot;
+      comb.out = u_prev, comb.x0 = u, comb.c0 = 2, comb.x1 = u_next, comb.c1 = -1, comb.alpha = h2;
+    }
+    const at::Tensor U = k == 0 ? x : u;  // the real input for the first step's gradients
+    st.forward(U, w.K[k], w.b[k], comb, aux0);
+    Tape t;
+    t.state = [&U](int64_t) { return U; };
+    t.aux = [&aux0](int64_t, int) { return aux0; };
+    adjoint.steps(t, k, k + 1);
+    if (k == 1) drift = (u_prev - x).abs().max() / x.abs().max().clamp_min(1e-30);
+    u_next = u;
+    u = u_prev;
+  }
+  return drift;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(const at::Tensor& x_in, const at::Tensor& weight_in,
+                                                           const at::Tensor& bias_in, double h, c10::string_view layer,
+                                                           c10::string_view activation, int64_t checkpoint,
+                                                           c10::string_view norm, c10::string_view method,
+                                                           c10::string_view memory) {
+  const c10::DeviceGuard device(x_in.device());  // x's GPU current for the passes and ATen's convolutions
+  const Config cfg = parse_config(method, layer, activation, norm, memory, checkpoint);
+  const Dims d = check_inputs(x_in, weight_in, bias_in, h, cfg);
+  const Problem p = make_problem(cfg, d, h, x_in);
+  const at::Tensor x = x_in.contiguous(kLayout);
+  const Weights w{weight_in.contiguous(), bias_in.contiguous()};
+  // The output keeps the input's layout; the last step writes into it directly when that is the internal one.
+  const at::Tensor out = at::empty_like(x_in, at::MemoryFormat::Preserve);
+  const at::Tensor last = out.is_contiguous(kLayout) ? out : empty_state(p);
+  const at::Tensor states = allocate(states_spec(cfg, d, x.scalar_type()), p.opts);
+  const at::Tensor aux = allocate(aux_spec(cfg, d, x.scalar_type()), p.opts);
+  if (x.numel() == 0) return {out, states, aux};
+
+  const int64_t N = p.n_steps, S = stages_per_step(cfg.method);
+  const bool full = cfg.checkpoint == 0 && cfg.memory == Memory::States;
+  Scratch scratch(p);
+  std::array<at::Tensor, 3> stage_scratch;
+  Tape t;
+  t.state = [&](int64_t k) -> at::Tensor {
+    if (k == 0) return x;
+    if (k == N) return last;
+    if (full) return states[full_state_slot(cfg.method, k)];
+    if (cfg.memory == Memory::Reversible) return k == N - 1 ? states[0] : scratch.state(k);
+    const int64_t slot = checkpoint_slot(cfg, N, k);
+    return slot >= 0 ? states[slot] : scratch.state(k);
+  };
+  t.stage = [&](int64_t k, int s) -> at::Tensor {
+    if (full) return states[4 * k + s - 1];
+    at::Tensor& buf = stage_scratch[s - 1];
+    if (!buf.defined()) buf = empty_state(p);
+    return buf;
+  };
+  t.aux = [&](int64_t k, int s) { return aux.numel() == 0 ? at::Tensor() : aux[k * S + s]; };
+  Stages st(p);
+  sweep(p, st, w, t, 0, N, x);
+  if (cfg.memory == Memory::Reversible) {
+    at::Tensor(states[1]).copy_(last);
+    if (N == 1) at::Tensor(states[0]).copy_(x);
+  }
+  if (!last.is_same(out)) out.copy_(last);
+  return {out, states, aux};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward(
+    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
+    const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
+    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory) {
+  const c10::DeviceGuard device(x_in.device());
+  const Config cfg = parse_config(method, layer, activation, norm, memory, checkpoint);
+  const Dims d = check_inputs(x_in, weight_in, bias_in, h, cfg);
+  check_backward_inputs(grad_out, x_in, states, aux, cfg, d);
+  const Problem p = make_problem(cfg, d, h, x_in);
+  const at::Tensor x = x_in.contiguous(kLayout);
+  const Weights w{weight_in.contiguous(), bias_in.contiguous()};
+  // rk4 adds the contributions of its stages (two per half step, two at each step boundary).
+  const bool zeroed = cfg.method == Method::Rk4 || x.numel() == 0;
+  const Grads grads{zeroed ? at::zeros_like(w.K, at::MemoryFormat::Contiguous) : at::empty_like(w.K),
+                    zeroed ? at::zeros_like(w.b, at::MemoryFormat::Contiguous) : at::empty_like(w.b)};
+  at::Tensor drift = at::zeros({}, p.opts);
+  if (x.numel() == 0) return {at::zeros_like(x_in, at::MemoryFormat::Preserve), grads.weight, grads.bias, drift};
+
+  const at::Tensor lam = grad_out.to(x.scalar_type()).contiguous(kLayout);
+  Stages st(p);
+  const std::unique_ptr<Adjoint> adjoint = make_adjoint(p, st, w, grads, lam);
+  if (cfg.memory == Memory::Reversible) {
+    drift = reversible_walk(p, st, w, x, states, *adjoint);
+  } else if (cfg.checkpoint == 0) {
+    adjoint->steps(saved_tape(p, x, states, aux), 0, p.n_steps);
+  } else {
+    replay_segments(p, st, w, x, states, *adjoint);
+  }
+  const at::Tensor gx = adjoint->finish();
+  if (gx.strides() == x_in.strides()) return {gx, grads.weight, grads.bias, drift};
+  const at::Tensor grad_x = at::empty_like(x_in, at::MemoryFormat::Preserve);
+  grad_x.copy_(gx);
+  return {grad_x, grads.weight, grads.bias, drift};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward_meta(const at::Tensor& x, const at::Tensor& weight,
+                                                                const at::Tensor& bias, double h,
+                                                                c10::string_view layer, c10::string_view activation,
+                                                                int64_t checkpoint, c10::string_view norm,
+                                                                c10::string_view method, c10::string_view memory) {
+  const Config cfg = parse_config(method, layer, activation, norm, memory, checkpoint);
+  const Dims d = check_inputs(x, weight, bias, h, cfg);
+  return {at::empty_like(x, at::MemoryFormat::Preserve), allocate(states_spec(cfg, d, x.scalar_type()), x.options()),
+          allocate(aux_spec(cfg, d, x.scalar_type()), x.options())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward_meta(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
+    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory) {
+  const Config cfg = parse_config(method, layer, activation, norm, memory, checkpoint);
+  const Dims d = check_inputs(x, weight, bias, h, cfg);
+  check_backward_inputs(grad_out, x, states, aux, cfg, d);
+  return {at::empty_like(x, at::MemoryFormat::Preserve), at::empty_like(weight, at::MemoryFormat::Contiguous),
+          at::empty_like(bias, at::MemoryFormat::Contiguous), at::empty({}, x.options())};
+}
+
+}  // namespace contres

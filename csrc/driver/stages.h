@@ -1,0 +1,86 @@
+// The building blocks every integrator is made of: one evaluation of the layer's f (its convolutions on ATen or
+// the fused cuDNN graphs, its elementwise work in one pass of kernels.h) with the linear combination the method
+// makes of it, and the adjoint of one evaluation. Device-agnostic; docs/math.md has the formulas.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+
+#include "../config.h"
+
+namespace contres {
+
+// One call of an op, checked and parsed.
+struct Problem {
+  Config cfg;
+  double h = 0;
+  int64_t n_steps = 0, B = 0, C = 0, H = 0, W = 0, pad = 0;
+  at::TensorOptions opts;  // the state's dtype and device
+};
+
+// Every state-sized tensor inside the ops is channels_last; the x-shaped outputs (u_N, dL/dx) keep x's own
+// layout. Measured per convolution at the benchmark shapes: cuDNN on an H100 is about twice as fast in
+// channels_last; oneDNN on the CPU 10-30 % faster with AVX-512 and no slower with AVX2 alone, as in NCHW it
+// reorders to its blocked layouts and back on every call.
+constexpr at::MemoryFormat kLayout = at::MemoryFormat::ChannelsLast;
+
+at::Tensor empty_state(const Problem& p);  // one state-sized tensor in the internal layout
+
+// What a forward evaluation of f at U writes, as linear combinations of f (see ForwardPass in kernels.h):
+//   out = c0 * x0 + c1 * x1 + alpha * f,  out2 = y0 + beta * f   (each when defined)
+struct Combination {
+  at::Tensor out, x0, x1;
+  double c0 = 1, c1 = 0, alpha = 0;
+  at::Tensor out2, y0;
+  double beta = 0;
+  bool any() const { return out.defined() || out2.defined(); }
+};
+
+// The upstream of one evaluation's adjoint: dL/df = scale * (lam + c_mu * mu); the same pass also forms the
+// methods' running sum sum_out = sum_in + mu (sum_in undefined: lam) when sum_out is defined.
+struct Upstream {
+  at::Tensor lam, mu;
+  double c_mu = 1, scale = 1;
+  at::Tensor sum_in, sum_out;
+};
+
+class Stages {
+ public:
+  explicit Stages(const Problem& p) : p_(p) {}
+
+  // f evaluated at U with kernel K and bias b, written as `comb` says, and its aux into aux_out when defined
+  // (the kind of the table; a recomputation may ask for the aux alone).
+  void forward(const at::Tensor& U, const at::Tensor& K, const at::Tensor& b, const Combination& comb,
+               const at::Tensor& aux_out);
+
+  // The adjoint of the evaluation f(U) (aux: its kept aux): returns mu = J_f(U)^T dL/df (undefined unless
+  // want_mu), and writes dL/dK into dK and dL/db into db, or adds them when accumulate.
+  at::Tensor adjoint(const Upstream& up, const at::Tensor& U, const at::Tensor& K, const at::Tensor& aux,
+                     const at::Tensor& dK, const at::Tensor& db, bool accumulate, bool want_mu);
+
+  // out = scale * (lam + c_mu * mu) (mu may be undefined), and sum_out = sum_in + mu when defined: one pass
+  // (the identity's gate).
+  void combine(const at::Tensor& out, const at::Tensor& lam, const at::Tensor& mu, double c_mu, double scale = 1,
+               const at::Tensor& sum_in = {}, const at::Tensor& sum_out = {});
+
+  // out = c0 * x0 + c1 * x1 (+ alpha * z when z is defined): one pass.
+  void lincomb(const at::Tensor& out, const at::Tensor& x0, double c0, const at::Tensor& x1, double c1,
+               const at::Tensor& z = {}, double alpha = 0);
+
+ private:
+  at::Tensor conv(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b) const;  // + b when defined
+  // dL/dK of conv(input, K) under upstream g, and dL/dinput when want_input.
+  std::tuple<at::Tensor, at::Tensor> conv_backward(const at::Tensor& g, const at::Tensor& input, const at::Tensor& K,
+                                                   bool want_input) const;
+  void write_grad(const at::Tensor& target, const at::Tensor& value, bool accumulate) const;
+  // g = scale * act'(aux) * (lam + c_mu mu) with the running sum; reduces the bias gradient into db.
+  void gate(const Upstream& up, const at::Tensor& aux, const at::Tensor& z_for_tv, const at::Tensor& g,
+            const at::Tensor& db, bool accumulate, const at::Tensor& a_out = {});
+
+  const Problem& p_;
+  at::Tensor g_buffer_, v_buffer_;  // reused across evaluations
+};
+
+}  // namespace contres

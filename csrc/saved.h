@@ -1,0 +1,59 @@
+// What the forward keeps for the backward, as tensors: built from the table in config.h, for both the real ops
+// (which allocate them) and the Meta kernels that torch.compile and torch.export trace (with symbolic sizes), and
+// checked field by field when the backward is handed them. See docs/math.md ("What each configuration keeps").
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/SymInt.h>
+#include <c10/core/TensorOptions.h>
+
+#include <vector>
+
+#include "config.h"
+
+namespace contres {
+
+// Sizes of one block call, symbolic under torch.compile's tracing, concrete otherwise.
+struct Dims {
+  c10::SymInt B, C, H, W;  // the state u
+  c10::SymInt k;           // kernel size
+  int64_t n_steps = 0;     // N (always concrete: the weight's rows give it)
+};
+
+// How many state-shaped slots and aux entries a configuration keeps.
+struct SavedCounts {
+  int64_t states = 0;  // entries of the (n, B, C, H, W) channels_last stack
+  int64_t aux = 0;     // entries of the aux tensor (0: the aux tensor is empty)
+};
+SavedCounts saved_counts(const Config& cfg, int64_t n_steps);
+
+// A tensor's full description: sizes, strides (elements) and dtype.
+struct TensorSpec {
+  std::vector<c10::SymInt> sizes, strides;
+  at::ScalarType dtype;
+};
+
+// states: (n, B, C, H, W) in channels_last (a (n, B, H, W, C) block, permuted), the state dtype.
+// aux:    Mask:  (n_aux, ceil(B*H*W*C / 8)) uint8 -- per row, the signs of one evaluation's z, bit t of byte j
+//                being element 8j + t of z in channels_last memory order;
+//         Value: (n_aux, B, C, H, W) channels_last like the states;
+//         Pre:   (n_aux, B, H, W, C) contiguous -- z per pixel, the channel vectors "tv" normalises;
+//         None:  (0,) of the state dtype.
+TensorSpec states_spec(const Config& cfg, const Dims& d, at::ScalarType dtype);
+TensorSpec aux_spec(const Config& cfg, const Dims& d, at::ScalarType dtype);
+// n entries of those layouts, for the backward's own scratch (replayed segments).
+TensorSpec state_stack_spec(int64_t n, const Dims& d, at::ScalarType dtype);
+TensorSpec aux_stack_spec(Aux kind, int64_t n, const Dims& d, at::ScalarType dtype);
+
+// A tensor of the spec (CPU: served by the buffer pool, see cpu/buffer_pool.h).
+at::Tensor allocate(const TensorSpec& spec, const at::TensorOptions& options);
+
+// Raises a clear error naming `name` unless t matches spec (sizes; strides of every dimension longer than 1;
+// dtype) and is on `device`. `what` says what the tensor should be.
+void check_matches(const at::Tensor& t, const TensorSpec& spec, const c10::Device& device, const char* name,
+                   const char* what);
+
+// Bytes of bit-packed mask for n elements.
+inline int64_t mask_bytes(int64_t n) { return (n + 7) / 8; }
+
+}  // namespace contres
