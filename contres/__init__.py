@@ -1,11 +1,14 @@
 """contres: fused C++/CUDA kernels for continuous ResNets.
 
-An ODE block integrates du/dt = f(u, theta(t)) with forward-Euler steps; contres runs the whole block,
-and its exact discrete adjoint, as single compiled ops, with a pure-PyTorch reference beside them.
+An ODE block integrates du/dt = f(u, theta(t)) (forward Euler, rk4, or the second-order leapfrog); contres runs
+the whole block, and its exact discrete adjoint, as single compiled ops, with a pure-PyTorch reference beside
+them.
 """
 from . import functional, ops, reference
 from ._ext import build_info
 from .block import ODEBlock
+from .pool import cpu_pool_stats, empty_cpu_pool, reset_cpu_pool_counters, set_cpu_pool_limit
 
 __version__ = "0.1.0"
-__all__ = ["ODEBlock", "build_info", "functional", "reference", "ops", "__version__"]
+__all__ = ["ODEBlock", "build_info", "functional", "reference", "ops", "cpu_pool_stats", "empty_cpu_pool",
+           "set_cpu_pool_limit", "reset_cpu_pool_counters", "__version__"]
