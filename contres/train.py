@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folder holding torchvision's cifar-10-batches-py (cifar10 only; never downloads)")
     model = p.add_argument_group("model")
     model.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64], help="channels of each stage")
-    model.add_argument("--n-steps", type=int, default=4, help="Euler steps (state layers) per ODE block")
+    model.add_argument("--n-steps", type=int, default=4, help="steps (state layers) per ODE block")
     model.add_argument("--n-controls", type=int, default=None, help="controls (weight layers) per block "
                        "(default: n_steps)")
     model.add_argument("--T", type=float, default=1.0, help="final time of each ODE block")
@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--norm", choices=NORMS, default="batch", help="of the opening and connecting layers")
     model.add_argument("--block-norm", choices=functional.NORMS, default="none",
                        help="inside the ODE blocks: 'tv' normalises each pixel's channels before the activation")
+    model.add_argument("--method", choices=functional.METHODS, default="euler",
+                       help="the integrator: euler, rk4, or leapfrog (second order in time, reversible)")
+    model.add_argument("--memory", choices=functional.MEMORIES, default="states",
+                       help="'reversible' (leapfrog): the backward recomputes the states instead of keeping them")
     model.add_argument("--gradient", choices=functional.GRADIENTS, default="discrete")
     model.add_argument("--backend", choices=functional.BACKENDS, default="auto")
     opt = p.add_argument_group("optimisation")
@@ -205,7 +209,8 @@ def build_model(config, in_channels: int, num_classes: int) -> ContinuousResNet:
     return ContinuousResNet(in_channels, num_classes, widths=config.widths, n_steps=config.n_steps,
                             n_controls=config.n_controls, layer=config.layer, activation=config.activation,
                             interp=config.interp, backend=config.backend, T=config.T, gradient=config.gradient,
-                            norm=config.norm, block_norm=config.block_norm)
+                            norm=config.norm, block_norm=config.block_norm, method=config.method,
+                            memory=config.memory)
 
 
 def compute_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,

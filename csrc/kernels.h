@@ -34,7 +34,8 @@ struct ForwardPass {
 //   v = lam + c_mu * mu                      (mu may be undefined)
 //   g = scale * act'(z) * v                  act' from aux (kind aux_kind; None: 1)
 //   sum_out = sum_in + mu                    when sum_out is defined (sum_in undefined: lam)
-//   bias = sum over (B, H, W) of g           when bias is defined and the device reduces it in the pass
+//   bias = sum over (B, H, W) of g           when bias is defined and the device reduces it in the pass (CPU:
+//                                            always; CUDA: C % 8 == 0 and aligned data), in a fixed order
 // (act, aux_kind) must be gate_pass_reachable. g may alias lam; sum_out may alias mu or sum_in.
 struct GatePass {
   at::Tensor lam, mu;
@@ -73,7 +74,7 @@ struct TvGatePass {
 };
 
 void forward_pass_cpu(const ForwardPass& p);
-void gate_pass_cpu(const GatePass& p);  // never reduces the bias
+bool gate_pass_cpu(const GatePass& p);  // reduces the bias when asked (returns whether it did)
 void tv_forward_pass_cpu(const TvForwardPass& p);
 void tv_gate_pass_cpu(const TvGatePass& p);
 

@@ -70,15 +70,36 @@ def test_sweep_command_writes_results_and_plots(tmp_path):
         for key in ("n_steps", "n_controls", "seed", "test_accuracy", "train_loss", "params", "seconds"):
             assert key in row
         assert len(row["loss_curve"]) == 2
-    assert "| 2 | 2 |" in (out / "results.md").read_text()
+    assert "| euler | 2 | 2 |" in (out / "results.md").read_text()
     for name in ("accuracy_vs_steps.png", "loss_vs_steps.png", "loss_curves.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
 
 
+def test_sweep_compares_methods(tmp_path):
+    out = tmp_path / "sweep"
+    sweep.main(["--out", str(out), "--steps", "2", "--controls", "1", "--seeds", "1", "--epochs", "1", "--widths",
+                "4", "--methods", "euler", "rk4", "leapfrog"])
+    data = json.loads((out / "results.json").read_text())
+    assert {(r["method"], r["n_steps"], r["n_controls"]) for r in data["rows"]} == {
+        (m, 2, c) for m in ("euler", "rk4", "leapfrog") for c in (1, 2)}
+    table = (out / "results.md").read_text()
+    assert "| rk4 | 2 | 1 |" in table and "| leapfrog | 2 | 2 |" in table
+
+
+def test_train_command_takes_the_method(tmp_path):
+    path = tmp_path / "result.json"
+    train.main(TINY + ["--n-steps", "2", "--method", "leapfrog", "--memory", "reversible", "--json", str(path)])
+    config = json.loads(path.read_text())["config"]
+    assert config["method"] == "leapfrog" and config["memory"] == "reversible"
+
+
 def test_sweep_grid_and_option_clashes():
     assert len(sweep.grid(sweep.STEPS, sweep.CONTROLS)) == 13
+    assert len(sweep.grid(sweep.STEPS, sweep.CONTROLS, ["euler", "rk4"])) == 26
     with pytest.raises(SystemExit):
         sweep.parse_args(["--out", "x", "--n-steps", "4"])
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--out", "x", "--methods", "rk4", "--method", "euler"])
     args, base = sweep.parse_args(["--out", "x", "--quick", "--layer", "double_sym"])
     assert base.layer == "double_sym" and base.epochs == sweep.QUICK["epochs"] and args.seeds >= 2
 

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <array>
 #include <type_traits>
+#include <vector>
 
 #include "../kernels.h"
 
@@ -189,9 +190,22 @@ struct GatePtrs {
   T *g, *sum_out;
 };
 
-template <typename scalar_t, Act A, Aux K, bool kMu, bool kSum>
+// The bias gradient of one segment: acc[c] += g of each element of channel c (channels_last: element i has channel
+// i % C); c is the channel of the next element.
+template <typename opmath_t>
+struct BiasAcc {
+  opmath_t* acc = nullptr;
+  int64_t C = 0, c = 0;
+  void add(opmath_t g) {
+    acc[c] += g;
+    if (++c == C) c = 0;
+  }
+};
+
+template <typename scalar_t, Act A, Aux K, bool kMu, bool kSum, bool kBias>
 void gate_segment_scalar(const GatePtrs<scalar_t>& p, int64_t n, at::opmath_type<scalar_t> c_mu,
-                         at::opmath_type<scalar_t> scale, const at::opmath_type<scalar_t>* table) {
+                         at::opmath_type<scalar_t> scale, const at::opmath_type<scalar_t>* table,
+                         BiasAcc<at::opmath_type<scalar_t>>& bias) {
   using opmath_t = at::opmath_type<scalar_t>;
   for (int64_t i = 0; i < n; ++i) {
     opmath_t v = static_cast<opmath_t>(p.lam[i]);
@@ -205,18 +219,21 @@ void gate_segment_scalar(const GatePtrs<scalar_t>& p, int64_t n, at::opmath_type
     if constexpr (K == Aux::Mask) d = table[8 * p.mask[i / 8] + i % 8];
     else if constexpr (K == Aux::Value) d = Activation<A>::df_value(static_cast<opmath_t>(p.val[i]));
     else d = opmath_t(1);
-    p.g[i] = static_cast<scalar_t>(scale * d * v);
+    const scalar_t g = static_cast<scalar_t>(scale * d * v);
+    p.g[i] = g;
     if constexpr (kSum) p.sum_out[i] = static_cast<scalar_t>(s);
+    if constexpr (kBias) bias.add(static_cast<opmath_t>(g));
   }
 }
 
-template <typename T, Act A, Aux K, bool kMu, bool kSum>
-void gate_segment_vec(const GatePtrs<T>& p, int64_t n, T c_mu, T scale, const T* table) {
+template <typename T, Act A, Aux K, bool kMu, bool kSum, bool kBias>
+void gate_segment_vec(const GatePtrs<T>& p, int64_t n, T c_mu, T scale, const T* table, BiasAcc<T>& bias) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   static_assert(8 % V == 0, "a vector must not straddle two mask bytes");
   const int64_t body = n / 8 * 8;
   const Vec cv(c_mu), sv(scale);
+  const bool whole_vectors = bias.C % V == 0;  // then a vector holds channels c .. c + V - 1
   for (int64_t i = 0; i < body; i += V) {
     Vec v = Vec::loadu(p.lam + i), s;
     if constexpr (kMu) {
@@ -228,8 +245,18 @@ void gate_segment_vec(const GatePtrs<T>& p, int64_t n, T c_mu, T scale, const T*
     if constexpr (K == Aux::Mask) d = Vec::loadu(table + 8 * p.mask[i / 8] + i % 8);
     else if constexpr (K == Aux::Value) d = df_value_vec<A>(Vec::loadu(p.val + i));
     else d = Vec(1);
-    (sv * d * v).store(p.g + i);
+    const Vec g = sv * d * v;
+    g.store(p.g + i);
     if constexpr (kSum) s.store(p.sum_out + i);
+    if constexpr (kBias) {
+      if (whole_vectors) {
+        (Vec::loadu(bias.acc + bias.c) + g).store(bias.acc + bias.c);
+        bias.c += V;
+        if (bias.c == bias.C) bias.c = 0;
+      } else {
+        for (int64_t t = 0; t < V; ++t) bias.add(p.g[i + t]);
+      }
+    }
   }
   GatePtrs<T> tail = p;
   tail.lam += body;
@@ -238,10 +265,12 @@ void gate_segment_vec(const GatePtrs<T>& p, int64_t n, T c_mu, T scale, const T*
   if (kSum) tail.sum_in += body, tail.sum_out += body;
   if (K == Aux::Value) tail.val += body;
   if (K == Aux::Mask) tail.mask += body / 8;
-  gate_segment_scalar<T, A, K, kMu, kSum>(tail, n - body, c_mu, scale, table);
+  gate_segment_scalar<T, A, K, kMu, kSum, kBias>(tail, n - body, c_mu, scale, table, bias);
 }
 
-template <typename scalar_t, Act A, Aux K, bool kMu, bool kSum>
+// With kBias, each segment sums its g per channel into its own row of partial sums, reduced afterwards in segment
+// order: the bias gradient is the same whatever the threads, and no pass reads g again.
+template <typename scalar_t, Act A, Aux K, bool kMu, bool kSum, bool kBias>
 void gate_kernel(const GatePass& a) {
   using opmath_t = at::opmath_type<scalar_t>;
   const GatePtrs<scalar_t> base{a.lam.const_data_ptr<scalar_t>(),
@@ -253,7 +282,10 @@ void gate_kernel(const GatePass& a) {
                                 kSum ? a.sum_out.mutable_data_ptr<scalar_t>() : nullptr};
   const opmath_t* table = K == Aux::Mask ? mask_derivative_table<opmath_t, A>() : nullptr;
   const auto c_mu = static_cast<opmath_t>(a.c_mu), scale = static_cast<opmath_t>(a.scale);
-  Segments(a.lam.numel()).parallel([&](int64_t e, int64_t n) {
+  const Segments seg(a.lam.numel());
+  const int64_t C = a.channels;
+  std::vector<opmath_t> partial(kBias ? seg.count * C : 0, opmath_t(0));
+  seg.parallel([&](int64_t e, int64_t n) {
     GatePtrs<scalar_t> p = base;
     p.lam += e;
     p.g += e;
@@ -261,11 +293,20 @@ void gate_kernel(const GatePass& a) {
     if (kSum) p.sum_in += e, p.sum_out += e;
     if (K == Aux::Value) p.val += e;
     if (K == Aux::Mask) p.mask += e / 8;
+    BiasAcc<opmath_t> bias;
+    if (kBias) bias.acc = partial.data() + (e / Segments::kLength) * C, bias.C = C, bias.c = e % C;
     if constexpr (kVectorised<scalar_t>)
-      gate_segment_vec<scalar_t, A, K, kMu, kSum>(p, n, c_mu, scale, table);
+      gate_segment_vec<scalar_t, A, K, kMu, kSum, kBias>(p, n, c_mu, scale, table, bias);
     else
-      gate_segment_scalar<scalar_t, A, K, kMu, kSum>(p, n, c_mu, scale, table);
+      gate_segment_scalar<scalar_t, A, K, kMu, kSum, kBias>(p, n, c_mu, scale, table, bias);
   });
+  if constexpr (kBias) {
+    std::vector<opmath_t> total(C, opmath_t(0));
+    for (int64_t w = 0; w < seg.count; ++w)
+      for (int64_t c = 0; c < C; ++c) total[c] += partial[w * C + c];
+    scalar_t* out = a.bias.mutable_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c) out[c] = static_cast<scalar_t>(total[c]);
+  }
 }
 
 template <typename Fn>
@@ -302,8 +343,9 @@ void forward_pass_cpu(const ForwardPass& a) {
   });
 }
 
-void gate_pass_cpu(const GatePass& a) {
+bool gate_pass_cpu(const GatePass& a) {
   const bool mu = a.mu.defined(), sum = a.sum_out.defined();
+  const bool bias = a.bias.defined() && a.channels > 0 && a.bias.is_contiguous() && a.bias.numel() == a.channels;
   TORCH_CHECK(!sum || mu, "contres: internal error: the gate's running sum adds mu");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.lam.scalar_type(), "contres_gate_pass_cpu", [&] {
     dispatch_activation(a.act, [&](auto act) {
@@ -315,13 +357,17 @@ void gate_pass_cpu(const GatePass& a) {
         } else {
           dispatch_bool(mu, [&](auto m) {
             dispatch_bool(sum, [&](auto s) {
-              gate_kernel<scalar_t, A, K, decltype(m)::value, decltype(m)::value && decltype(s)::value>(a);
+              dispatch_bool(bias, [&](auto with_bias) {
+                gate_kernel<scalar_t, A, K, decltype(m)::value, decltype(m)::value && decltype(s)::value,
+                            decltype(with_bias)::value>(a);
+              });
             });
           });
         }
       });
     });
   });
+  return bias;
 }
 
 }  // namespace contres

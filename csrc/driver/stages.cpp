@@ -22,8 +22,7 @@ bool run(const GatePass& pass) {  // whether the pass reduced the bias gradient
   if (pass.lam.is_cuda()) return gate_pass_cuda(pass);
 #endif
   TORCH_CHECK(pass.lam.is_cpu(), "contres: no fused kernel for device ", pass.lam.device(), " in this build");
-  gate_pass_cpu(pass);
-  return false;
+  return gate_pass_cpu(pass);
 }
 
 void run(const TvForwardPass& pass) {
