@@ -90,7 +90,8 @@ def _extension():
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or ";".join(
         f"{major}.{minor}" for major, minor in
         sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}))
-    sources += [str(p.relative_to(HERE)) for p in sorted((HERE / "csrc" / "cuda").rglob("*.cu"))]
+    sources += [str(p.relative_to(HERE)) for pattern in ("*.cu", "*.cpp")
+                for p in sorted((HERE / "csrc" / "cuda").rglob(pattern))]
     macros += [("CONTRES_WITH_CUDA", None), ("CONTRES_CUDA_VERSION", f'"{torch.version.cuda}"'),
                ("CONTRES_CUDA_ARCHS", f'"{archs}"')]
     # ATen/cuda headers include cuBLAS/cuSPARSE headers that ship with the nvidia pip packages.

@@ -9,7 +9,9 @@
 #include <cmath>
 #include <vector>
 
+#include "../paths.h"
 #include "../saved.h"
+#include "entry.h"
 #include "methods.h"
 
 namespace contres {
@@ -202,15 +204,11 @@ at::Tensor reversible_walk(const Problem& p, Stages& st, const Weights& w, const
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(const at::Tensor& x_in, const at::Tensor& weight_in,
-                                                           const at::Tensor& bias_in, double h, c10::string_view layer,
-                                                           c10::string_view activation, int64_t checkpoint,
-                                                           c10::string_view norm, c10::string_view method,
-                                                           c10::string_view memory) {
-  const c10::DeviceGuard device(x_in.device());  // x's GPU current for the passes and ATen's convolutions
-  const Config cfg = parse_config(method, layer, activation, norm, memory, checkpoint);
-  const Dims d = check_inputs(x_in, weight_in, bias_in, h, cfg);
-  const Problem p = make_problem(cfg, d, h, x_in);
+ForwardResult forward_impl(const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
+                           const Call& call) {
+  const Config& cfg = call.cfg;
+  const Dims& d = call.dims;
+  const Problem p = make_problem(cfg, d, call.h, x_in);
   const at::Tensor x = x_in.contiguous(kLayout);
   const Weights w{weight_in.contiguous(), bias_in.contiguous()};
   // The output keeps the input's layout; the last step writes into it directly when that is the internal one.
@@ -250,15 +248,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(const at::Tensor& x_i
   return {out, states, aux};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward(
-    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
-    const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
-    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory) {
-  const c10::DeviceGuard device(x_in.device());
-  const Config cfg = parse_config(method, layer, activation, norm, memory, checkpoint);
-  const Dims d = check_inputs(x_in, weight_in, bias_in, h, cfg);
-  check_backward_inputs(grad_out, x_in, states, aux, cfg, d);
-  const Problem p = make_problem(cfg, d, h, x_in);
+BackwardResult backward_impl(const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& weight_in,
+                             const at::Tensor& bias_in, const at::Tensor& states, const at::Tensor& aux,
+                             const Call& call) {
+  const Config& cfg = call.cfg;
+  const Problem p = make_problem(cfg, call.dims, call.h, x_in);
   const at::Tensor x = x_in.contiguous(kLayout);
   const Weights w{weight_in.contiguous(), bias_in.contiguous()};
   // rk4 adds the contributions of its stages (two per half step, two at each step boundary).
@@ -285,24 +279,61 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward(
   return {grad_x, grads.weight, grads.bias, drift};
 }
 
+Call check_call(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h,
+                c10::string_view layer, c10::string_view activation, int64_t checkpoint, c10::string_view norm,
+                c10::string_view method, c10::string_view memory) {
+  Call call;
+  call.cfg = parse_config(method, layer, activation, norm, memory, checkpoint);
+  call.dims = check_inputs(x, weight, bias, h, call.cfg);
+  call.h = h;
+  return call;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(const at::Tensor& x, const at::Tensor& weight,
+                                                           const at::Tensor& bias, double h, c10::string_view layer,
+                                                           c10::string_view activation, int64_t checkpoint,
+                                                           c10::string_view norm, c10::string_view method,
+                                                           c10::string_view memory) {
+  const c10::DeviceGuard device(x.device());  // x's GPU current for the passes and ATen's convolutions
+  const Call call = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory);
+#ifdef CONTRES_WITH_CUDA
+  if (x.is_cuda()) return cuda_forward(x, weight, bias, call);
+#endif
+  record_path(Direction::Forward, "cpu");
+  return forward_impl(x, weight, bias, call);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
+    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory) {
+  const c10::DeviceGuard device(x.device());
+  const Call call = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory);
+  check_backward_inputs(grad_out, x, states, aux, call.cfg, call.dims);
+#ifdef CONTRES_WITH_CUDA
+  if (x.is_cuda()) return cuda_backward(grad_out, x, weight, bias, states, aux, call);
+#endif
+  record_path(Direction::Backward, "cpu");
+  return backward_impl(grad_out, x, weight, bias, states, aux, call);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward_meta(const at::Tensor& x, const at::Tensor& weight,
                                                                 const at::Tensor& bias, double h,
                                                                 c10::string_view layer, c10::string_view activation,
                                                                 int64_t checkpoint, c10::string_view norm,
                                                                 c10::string_view method, c10::string_view memory) {
-  const Config cfg = parse_config(method, layer, activation, norm, memory, checkpoint);
-  const Dims d = check_inputs(x, weight, bias, h, cfg);
-  return {at::empty_like(x, at::MemoryFormat::Preserve), allocate(states_spec(cfg, d, x.scalar_type()), x.options()),
-          allocate(aux_spec(cfg, d, x.scalar_type()), x.options())};
+  const Call c = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory);
+  return {at::empty_like(x, at::MemoryFormat::Preserve),
+          allocate(states_spec(c.cfg, c.dims, x.scalar_type()), x.options()),
+          allocate(aux_spec(c.cfg, c.dims, x.scalar_type()), x.options())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward_meta(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
     int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory) {
-  const Config cfg = parse_config(method, layer, activation, norm, memory, checkpoint);
-  const Dims d = check_inputs(x, weight, bias, h, cfg);
-  check_backward_inputs(grad_out, x, states, aux, cfg, d);
+  const Call c = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory);
+  check_backward_inputs(grad_out, x, states, aux, c.cfg, c.dims);
   return {at::empty_like(x, at::MemoryFormat::Preserve), at::empty_like(weight, at::MemoryFormat::Contiguous),
           at::empty_like(bias, at::MemoryFormat::Contiguous), at::empty({}, x.options())};
 }

@@ -1,0 +1,65 @@
+// The CUDA entry points of the ops: which path runs a call (paths.h), and the CUDA graph around it.
+#include <ATen/Context.h>
+#include <ATen/core/Tensor.h>
+
+#include <sstream>
+
+#include "../driver/entry.h"
+#include "../paths.h"
+#include "graphs/graph_cache.h"
+
+namespace contres {
+namespace {
+
+// "auto" runs ATen's convolutions step by step: the fused graphs and CUDA graphs are chosen explicitly
+// (set_cuda_paths / CONTRES_CUDA_CONV, CONTRES_CUDA_GRAPHS) until GPU measurements set the rule.
+bool use_graphs(const PathSettings& s) {
+  if (s.graphs != GraphMode::On) return false;
+  return !at::globalContext().deterministicAlgorithms();  // keep deterministic runs on the plain, checked path
+}
+
+std::string graph_key(const at::Tensor& x, const at::Tensor& weight, const Call& c, const char* conv) {
+  std::ostringstream k;
+  k << name_of(c.cfg.method) << '|' << name_of(c.cfg.layer) << '|' << name_of(c.cfg.act) << '|' << name_of(c.cfg.norm)
+    << '|' << name_of(c.cfg.memory) << '|' << c.cfg.checkpoint << '|' << x.sizes() << '|' << weight.sizes() << '|'
+    << x.scalar_type() << '|' << x.device() << '|' << std::hexfloat << c.h << '|' << conv;
+  return k.str();
+}
+
+}  // namespace
+
+ForwardResult cuda_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Call& call) {
+  const PathSettings s = path_settings();
+  const char* conv = "aten";
+  if (use_graphs(s)) {
+    auto body = [&call](const at::Tensor& xs, const at::Tensor& ws, const at::Tensor& bs) {
+      return forward_impl(xs, ws, bs, call);
+    };
+    if (auto r = cuda_graphs::forward(graph_key(x, weight, call, conv), x, weight, bias, body)) {
+      record_path(Direction::Forward, std::string("cuda:") + conv + "+graph");
+      return *r;
+    }
+  }
+  record_path(Direction::Forward, std::string("cuda:") + conv);
+  return forward_impl(x, weight, bias, call);
+}
+
+BackwardResult cuda_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                             const at::Tensor& bias, const at::Tensor& states, const at::Tensor& aux,
+                             const Call& call) {
+  const PathSettings s = path_settings();
+  const char* conv = "aten";
+  if (use_graphs(s)) {
+    auto body = [&](const at::Tensor& g, const at::Tensor& xs, const at::Tensor& ws, const at::Tensor& bs) {
+      return backward_impl(g, xs, ws, bs, states, aux, call);
+    };
+    if (auto r = cuda_graphs::backward(grad_out, x, weight, bias, states, aux, body)) {
+      record_path(Direction::Backward, std::string("cuda:") + conv + "+graph");
+      return *r;
+    }
+  }
+  record_path(Direction::Backward, std::string("cuda:") + conv);
+  return backward_impl(grad_out, x, weight, bias, states, aux, call);
+}
+
+}  // namespace contres

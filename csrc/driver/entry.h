@@ -1,0 +1,35 @@
+// The plain (uncaptured) bodies of the two ops, for the device-specific entry points that wrap them (the CUDA one
+// may replay them from a captured graph, see cuda/paths.cpp).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+#include "../saved.h"
+
+namespace contres {
+
+// One op call, parsed and checked.
+struct Call {
+  Config cfg;
+  Dims dims;
+  double h = 0;
+};
+
+using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;               // u_N, states, aux
+using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;  // dx, dweight, dbias, drift
+
+ForwardResult forward_impl(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Call& call);
+BackwardResult backward_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                             const at::Tensor& bias, const at::Tensor& states, const at::Tensor& aux,
+                             const Call& call);
+
+#ifdef CONTRES_WITH_CUDA
+ForwardResult cuda_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Call& call);
+BackwardResult cuda_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                             const at::Tensor& bias, const at::Tensor& states, const at::Tensor& aux,
+                             const Call& call);
+#endif
+
+}  // namespace contres

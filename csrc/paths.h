@@ -1,0 +1,28 @@
+// Which implementation runs a call, and how a user chooses and sees it. On CUDA a call can run the convolutions on
+// ATen (cuDNN) with the elementwise passes, or as fused cuDNN graphs, each either step by step or replayed from a
+// CUDA graph of the whole direction. The choice: forced by set_cuda_paths (or the CONTRES_CUDA_CONV and
+// CONTRES_CUDA_GRAPHS environment variables), else "auto".
+#pragma once
+
+#include <string>
+
+namespace contres {
+
+enum class ConvPath { Auto, Aten, Fused };
+enum class GraphMode { Auto, On, Off };
+
+struct PathSettings {
+  ConvPath conv = ConvPath::Auto;
+  GraphMode graphs = GraphMode::Auto;
+};
+PathSettings path_settings();
+void set_path_settings(const std::string& conv, const std::string& graphs);  // names as in the enums, lower case
+std::string conv_path_name(ConvPath p);
+std::string graph_mode_name(GraphMode g);
+
+enum class Direction { Forward, Backward };
+// What the latest call on this thread ran, e.g. "cpu", "cuda:aten", "cuda:aten+graph".
+void record_path(Direction d, const std::string& path);
+std::string last_path(Direction d);
+
+}  // namespace contres
