@@ -7,8 +7,9 @@ them.
 from . import functional, ops, reference
 from ._ext import build_info
 from .block import ODEBlock
+from .ops import cuda_paths, set_cuda_paths
 from .pool import cpu_pool_stats, empty_cpu_pool, reset_cpu_pool_counters, set_cpu_pool_limit
 
 __version__ = "0.1.0"
 __all__ = ["ODEBlock", "build_info", "functional", "reference", "ops", "cpu_pool_stats", "empty_cpu_pool",
-           "set_cpu_pool_limit", "reset_cpu_pool_counters", "__version__"]
+           "set_cpu_pool_limit", "reset_cpu_pool_counters", "set_cuda_paths", "cuda_paths", "__version__"]

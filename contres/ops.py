@@ -32,6 +32,37 @@ def ode_backward(grad_out, x, weight, bias, states, aux, h: float, layer: str, a
                                           norm, method, memory)
 
 
+def last_paths() -> dict:
+    """What the latest forward and backward op calls on this thread ran: "cpu", "cuda:aten" (cuDNN convolutions
+    and the fused elementwise passes, step by step), "cuda:fused" (the fused cuDNN graphs), with "+graph" when
+    replayed from a CUDA graph of the whole call; "none" before the first call."""
+    _require_ext()
+    return dict(_ext._C.last_paths())
+
+
+def set_cuda_paths(conv: str = "auto", graphs: str = "auto") -> None:
+    """Choose how CUDA calls run (for every thread; environment: CONTRES_CUDA_CONV, CONTRES_CUDA_GRAPHS).
+
+    conv: "aten" (cuDNN through ATen, plus contres' elementwise passes), "fused" (the convolution and its
+    elementwise work as one runtime-compiled cuDNN graph where cuDNN supports it; ATen elsewhere), or "auto".
+    graphs: "on" (replay each call from a CUDA graph captured on its second call; the first runs plainly as
+    warm-up), "off", or "auto". "auto" currently means aten without graphs: the rule that picks the others from
+    measurements on the GPU is not set yet (see bench/RESULTS.md)."""
+    _require_ext()
+    _ext._C.set_cuda_paths(conv, graphs)
+
+
+def cuda_paths() -> dict:
+    """The current choice of set_cuda_paths: {"conv": ..., "graphs": ...}."""
+    _require_ext()
+    return dict(_ext._C.cuda_paths())
+
+
+def _require_ext():
+    if _ext._C is None:
+        raise RuntimeError(f"contres: the compiled extension is not loaded: {_ext.LOAD_ERROR}")
+
+
 def last_reversible_drift():
     """max |u_0 recomputed - x| / max |x| of the latest memory="reversible" backward (a 0-d tensor on the block's
     device, so reading it is the caller's choice of a synchronisation), or None before the first one."""

@@ -5,6 +5,7 @@
 
 #include "cpu/buffer_pool.h"
 #include "ode_block.h"
+#include "paths.h"
 
 #ifndef CONTRES_TORCH_VERSION
 #define CONTRES_TORCH_VERSION "unknown"
@@ -61,6 +62,20 @@ PYBIND11_MODULE(_C, m) {
 #endif
     info["torch_version"] = CONTRES_TORCH_VERSION;
     return info;
+  });
+  m.def("set_cuda_paths", &contres::set_path_settings, py::arg("conv"), py::arg("graphs"));
+  m.def("cuda_paths", [] {
+    const contres::PathSettings s = contres::path_settings();
+    py::dict d;
+    d["conv"] = contres::conv_path_name(s.conv);
+    d["graphs"] = contres::graph_mode_name(s.graphs);
+    return d;
+  });
+  m.def("last_paths", [] {
+    py::dict d;
+    d["forward"] = contres::last_path(contres::Direction::Forward);
+    d["backward"] = contres::last_path(contres::Direction::Backward);
+    return d;
   });
   m.def("cpu_pool_stats", [] {
     const contres::PoolStats s = contres::pool_stats();

@@ -195,3 +195,26 @@ def test_multithreaded_kernels(layer, activation):
         assert_close_rel(a, r, tol_for(x.dtype, grad=True))
     # the elementwise kernels and the bias reduction are deterministic per element/channel whatever the threads
     assert rel_err(y2, y1) <= 1e-6 and rel_err(g2[2], g1[2]) <= 1e-5
+
+
+def test_paths_are_reported_and_chosen():
+    """contres.ops.last_paths names what ran; set_cuda_paths validates its choices (and they do not touch the
+    CPU path)."""
+    x, w, b = make_inputs(2, 3, 4, 5, 2, 3)
+    y = F.ode_block(x, w, b, n_steps=2, backend="fused")
+    assert contres.ops.last_paths()["forward"] == "cpu"
+    y.sum().backward()
+    assert contres.ops.last_paths() == {"forward": "cpu", "backward": "cpu"}
+    old = contres.cuda_paths()
+    try:
+        contres.set_cuda_paths(conv="aten", graphs="on")
+        assert contres.cuda_paths() == {"conv": "aten", "graphs": "on"}
+        with pytest.raises(ValueError, match="convolution path must be one of auto, aten, fused"):
+            contres.set_cuda_paths(conv="cudnn")
+        with pytest.raises(ValueError, match="CUDA graphs must be one of auto, on, off"):
+            contres.set_cuda_paths(graphs="yes")
+        assert contres.cuda_paths() == {"conv": "aten", "graphs": "on"}, "a refused choice changes nothing"
+        F.ode_block(x, w, b, n_steps=2, backend="fused")
+        assert contres.ops.last_paths()["forward"] == "cpu"
+    finally:
+        contres.set_cuda_paths(**old)
