@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/Exception.h>
@@ -52,6 +53,15 @@ std::map<std::string, Entry>& cache() {
   return *c;
 }
 
+// `waiter` waits for the work queued on `from` so far.
+void wait_for(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStream& from) {
+  cudaEvent_t event;
+  C10_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  C10_CUDA_CHECK(cudaEventRecord(event, from.stream()));
+  C10_CUDA_CHECK(cudaStreamWaitEvent(waiter.stream(), event, 0));
+  C10_CUDA_CHECK(cudaEventDestroy(event));  // released once the wait is satisfied
+}
+
 bool capturing() {
   return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
 }
@@ -62,7 +72,7 @@ template <typename Body>
 auto capture(at::cuda::CUDAGraph& graph, const Body& body) -> decltype(body()) {
   const auto current = c10::cuda::getCurrentCUDAStream();
   const auto side = c10::cuda::getStreamFromPool(false, current.device_index());
-  side.wait(current);
+  wait_for(side, current);
   decltype(body()) result;
   {
     const c10::cuda::CUDAStreamGuard guard(side);
@@ -78,7 +88,7 @@ auto capture(at::cuda::CUDAGraph& graph, const Body& body) -> decltype(body()) {
     }
     graph.capture_end();
   }
-  current.wait(side);
+  wait_for(current, side);
   return result;
 }
 

@@ -1,5 +1,6 @@
 // CUDA passes of the "tv" normalisation (kernels.h): per pixel over its C channels, which are contiguous in
-// channels_last. G lanes of a warp share one pixel (G = 32 for C >= 32, 8 for C >= 8, else 1), each taking the
+// channels_last. The activation is a run-time argument, the same for every thread (a uniform branch next to a
+// square root and a reduction per pixel), which keeps the instantiations to dtype x lanes per pixel. G lanes of a warp share one pixel (G = 32 for C >= 32, 8 for C >= 8, else 1), each taking the
 // channels lane, lane + G, ...; the pixel's sums are reduced across the G lanes with shuffles. Loops run per warp,
 // so every lane of a warp takes part in every shuffle, and lanes past the last pixel contribute zeros.
 #include <ATen/Dispatch.h>
@@ -11,6 +12,30 @@
 namespace contres {
 namespace cuda_detail {
 namespace {
+
+template <typename T>
+__device__ __forceinline__ T act_f(Act act, T z) {
+  switch (act) {
+    case Act::Identity: return Activation<Act::Identity>::f(z);
+    case Act::Relu: return Activation<Act::Relu>::f(z);
+    case Act::LeakyRelu: return Activation<Act::LeakyRelu>::f(z);
+    case Act::Tanh: return Activation<Act::Tanh>::f(z);
+    case Act::Sigmoid: return Activation<Act::Sigmoid>::f(z);
+  }
+  return z;
+}
+
+template <typename T>
+__device__ __forceinline__ T act_df_value(Act act, T a) {
+  switch (act) {
+    case Act::Identity: return Activation<Act::Identity>::df_value(a);
+    case Act::Relu: return Activation<Act::Relu>::df_value(a);
+    case Act::LeakyRelu: return Activation<Act::LeakyRelu>::df_value(a);
+    case Act::Tanh: return Activation<Act::Tanh>::df_value(a);
+    case Act::Sigmoid: return Activation<Act::Sigmoid>::df_value(a);
+  }
+  return T(1);
+}
 
 template <int G, typename T>
 __device__ __forceinline__ T group_sum(T v) {
@@ -26,9 +51,10 @@ struct TvForwardArgs {
   scalar_t *out, *out2, *a_out, *keep;
   opmath_t c0, c1, alpha, beta;
   int64_t pixels, C;
+  Act act;
 };
 
-template <typename scalar_t, Act A, int G>
+template <typename scalar_t, int G>
 __global__ void tv_forward_kernel(const TvForwardArgs<scalar_t> a) {
   using opmath_t = at::opmath_type<scalar_t>;
   constexpr int kPerWarp = 32 / G;
@@ -50,7 +76,7 @@ __global__ void tv_forward_kernel(const TvForwardArgs<scalar_t> a) {
     for (int64_t c = sub; c < a.C; c += G) {
       const int64_t i = o + c;
       const scalar_t zs = a.z[i];
-      const opmath_t f = Activation<A>::f(static_cast<opmath_t>(zs) * inv_r);
+      const opmath_t f = act_f(a.act, static_cast<opmath_t>(zs) * inv_r);
       opmath_t r = 0, r2 = 0;
       if (a.out) {
         r = a.c0 * static_cast<opmath_t>(a.x0[i]);
@@ -73,11 +99,12 @@ struct TvGateArgs {
   scalar_t *g, *sum_out, *a_out;
   opmath_t c_mu, scale;
   int64_t pixels, C;
+  Act act;
 };
 
 // w = scale act'(n) (lam + c_mu mu) goes to g in the first loop and becomes g = (w - n (n . w)) / r in the second,
 // each lane on its own channels: g may alias lam and sum_out may alias mu or sum_in.
-template <typename scalar_t, Act A, int G>
+template <typename scalar_t, int G>
 __global__ void tv_gate_kernel(const TvGateArgs<scalar_t> a) {
   using opmath_t = at::opmath_type<scalar_t>;
   constexpr int kPerWarp = 32 / G;
@@ -106,9 +133,9 @@ __global__ void tv_gate_kernel(const TvGateArgs<scalar_t> a) {
           if (a.sum_out) a.sum_out[i] = static_cast<scalar_t>(static_cast<opmath_t>(a.sum_in[i]) + m);
         }
         const opmath_t n = static_cast<opmath_t>(a.z[i]) * inv_r;
-        const opmath_t act = Activation<A>::f(n);
-        if (a.a_out) a.a_out[i] = static_cast<scalar_t>(act);
-        const opmath_t w = a.scale * Activation<A>::df_value(act) * v;
+        const opmath_t f = act_f(a.act, n);
+        if (a.a_out) a.a_out[i] = static_cast<scalar_t>(f);
+        const opmath_t w = a.scale * act_df_value(a.act, f) * v;
         a.g[i] = static_cast<scalar_t>(w);
         dot += n * static_cast<opmath_t>(a.g[i]);  // the stored w, as the second loop reads it
       }
@@ -160,14 +187,12 @@ void tv_forward_pass_cuda(const TvForwardPass& p) {
     a.out = mptr<scalar_t>(p.out), a.out2 = mptr<scalar_t>(p.out2), a.a_out = mptr<scalar_t>(p.a_out);
     a.keep = mptr<scalar_t>(p.z_keep);
     a.c0 = p.c0, a.c1 = p.c1, a.alpha = p.alpha, a.beta = p.beta;
-    a.C = p.channels, a.pixels = p.z.numel() / p.channels;
+    a.C = p.channels, a.pixels = p.z.numel() / p.channels, a.act = p.act;
     const auto stream = c10::cuda::getCurrentCUDAStream();
-    dispatch_activation(p.act, [&](auto act) {
-      dispatch_group(a.C, [&](auto group) {
-        constexpr int G = decltype(group)::value;
-        tv_forward_kernel<scalar_t, decltype(act)::value, G><<<tv_blocks(a.pixels, G), kThreads, 0, stream>>>(a);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+    dispatch_group(a.C, [&](auto group) {
+      constexpr int G = decltype(group)::value;
+      tv_forward_kernel<scalar_t, G><<<tv_blocks(a.pixels, G), kThreads, 0, stream>>>(a);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
 }
@@ -184,14 +209,12 @@ void tv_gate_pass_cuda(const TvGatePass& p) {
     a.sum_in = p.sum_out.defined() ? cptr<scalar_t>(p.sum_in.defined() ? p.sum_in : p.lam) : nullptr;
     a.g = p.g.mutable_data_ptr<scalar_t>(), a.sum_out = mptr<scalar_t>(p.sum_out), a.a_out = mptr<scalar_t>(p.a_out);
     a.c_mu = p.c_mu, a.scale = p.scale;
-    a.C = p.channels, a.pixels = p.lam.numel() / p.channels;
+    a.C = p.channels, a.pixels = p.lam.numel() / p.channels, a.act = p.act;
     const auto stream = c10::cuda::getCurrentCUDAStream();
-    dispatch_activation(p.act, [&](auto act) {
-      dispatch_group(a.C, [&](auto group) {
-        constexpr int G = decltype(group)::value;
-        tv_gate_kernel<scalar_t, decltype(act)::value, G><<<tv_blocks(a.pixels, G), kThreads, 0, stream>>>(a);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+    dispatch_group(a.C, [&](auto group) {
+      constexpr int G = decltype(group)::value;
+      tv_gate_kernel<scalar_t, G><<<tv_blocks(a.pixels, G), kThreads, 0, stream>>>(a);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
 }
