@@ -1,6 +1,6 @@
 """contres: fused C++/CUDA kernels for continuous ResNets.
 
-An ODE block integrates du/dt = f(u, theta(t)) (forward Euler, rk4, or the second-order leapfrog); contres runs
+An ODE block integrates du/dt = f(u, theta(t)) (forward Euler, rk4, or leapfrog for the second-order u'' = f); contres runs
 the whole block, and its exact discrete adjoint, as single compiled ops, with a pure-PyTorch reference beside
 them.
 """

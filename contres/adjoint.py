@@ -1,6 +1,6 @@
 """Optimize-Discretize gradient of the ODE block: the continuous adjoint, solved with its own Euler steps.
 
-The discrete (Discretize-Optimize) adjoint of design section 1 is the exact gradient of the Euler network: its
+The discrete (Discretize-Optimize) adjoint of docs/math.md is the exact gradient of the Euler network: its
 backward step k linearises the forward step k at its start, (u_k, K(t_k)). The continuous adjoint
 lam' = -J_u(u(t), theta(t))^T lam, lam(T) = dL/du(T), with dL/dtheta_j = int_0^T w_j(t) J_theta^T lam dt
 (w_j: the interpolation basis of control j), solved backward from T with explicit Euler steps of size h,

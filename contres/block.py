@@ -24,7 +24,8 @@ class ODEBlock(nn.Module):
     step size h = T / n_steps keeps each update small, and the time-smoothness of the controls is exact at
     the start (refining the grids does not change the function).
 
-    method: "euler" | "rk4" | "leapfrog" (u'' = f, second order, reversible); see contres.functional.ode_block.
+    method: "euler" | "rk4" | "leapfrog" (the second-order ODE u'' = f, reversible); see
+    contres.functional.ode_block and docs/math.md (section 4.5: the orders of accuracy).
     memory: "states" or, with leapfrog, "reversible" (the backward recomputes the states it walks back through:
     activation memory independent of n_steps).
     backend: "auto" | "fused" | "reference" (see contres.functional.ode_block).

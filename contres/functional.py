@@ -165,8 +165,10 @@ def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: f
 
     x: (B, C, H, W); weight: controls (n_controls, C, C, k, k); bias: (n_controls, C).
     method: 'euler' (forward Euler), 'rk4' (classic Runge-Kutta; the controls are interpolated at every stage
-    time), or 'leapfrog' (u_{k+1} = 2 u_k - u_{k-1} + h^2 f(u_k), u_{-1} = u_0: the second-order, hyperbolic
-    network, reversible).
+    time, so with interp='constant' and several controls stage 4 of a step ending at a switch already sees the next
+    control, which makes it first-order accurate: docs/math.md 4.5), or 'leapfrog' (u_{k+1} = 2 u_k - u_{k-1}
+    + h^2 f(u_k), u_{-1} = u_0: the hyperbolic network u'' = f, reversible; first-order accurate from this start,
+    see docs/math.md 4.5).
     backend: 'fused' (compiled ops; error when not built for x's device), 'reference' (PyTorch autograd),
     'auto' (fused where available, else the reference with one warning).
     checkpoint: False keeps every state for the backward; True or a stride s keeps every s-th state and

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--block-norm", choices=functional.NORMS, default="none",
                        help="inside the ODE blocks: 'tv' normalises each pixel's channels before the activation")
     model.add_argument("--method", choices=functional.METHODS, default="euler",
-                       help="the integrator: euler, rk4, or leapfrog (second order in time, reversible)")
+                       help="the integrator: euler, rk4, or leapfrog (for the second-order u'' = f; reversible)")
     model.add_argument("--memory", choices=functional.MEMORIES, default="states",
                        help="'reversible' (leapfrog): the backward recomputes the states instead of keeping them")
     model.add_argument("--gradient", choices=functional.GRADIENTS, default="discrete")

@@ -1,6 +1,6 @@
 """Shared device/dtype matrix and helpers for the contres test suite.
 
-Every comparison in this suite is against contres.reference (pure PyTorch autograd, design section 1) or against
+Every comparison in this suite is against contres.reference (pure PyTorch autograd of docs/math.md) or against
 an independent PyTorch computation, never against stored outputs of the fused op.
 """
 from __future__ import annotations

@@ -221,11 +221,11 @@ def test_tv_norm_bfloat16_cpu(layer, activation):
         assert_close_rel(gf, gr, tol_for(torch.bfloat16, grad=True), f"bf16 tv {name}")
 
 
-# ----------------------------------------------------------------------------- the reference against section 1
+# ------------------------------------------------------------------------- the reference against docs/math.md
 @pytest.mark.parametrize("N,M", [(5, 3), (4, 4), (3, 7), (6, 1), (1, 1), (1, 4), (7, 2)])
 @pytest.mark.parametrize("interp", INTERPS)
-def test_interpolation_matrix_matches_design(N, M, interp):
-    """The oracle's W[k, j] against the formulas of design section 1 written with T explicitly."""
+def test_interpolation_matrix_matches_the_maths(N, M, interp):
+    """The oracle's W[k, j] against the formulas of docs/math.md (section 1) written with T explicitly."""
     T = 2.5
     h = T / N
     W = reference.interpolation_matrix(N, M, interp)
@@ -245,8 +245,8 @@ def test_interpolation_matrix_matches_design(N, M, interp):
 
 
 @pytest.mark.parametrize("layer", LAYERS)
-def test_reference_step_matches_design(layer):
-    """One step of the oracle against section 1 written independently (explicit conv / convT, F.* activations)."""
+def test_reference_step_matches_the_maths(layer):
+    """One step of the oracle against docs/math.md written independently (explicit conv / convT, F.* activations)."""
     import torch.nn.functional as F
     x, w, b = make_inputs(2, 3, 5, 4, 1, 3, requires_grad=False)
     h = 0.7

@@ -1,5 +1,6 @@
-// Leapfrog, second order in time: u_{k+1} = 2 u_k - u_{k-1} + h^2 f(u_k, t_k) with u_{-1} = u_0, i.e.
-// u_1 = u_0 + h^2 f(u_0). With a_k = dL/du_k (a_N = dL/du_N, a_{N+1} = 0) its exact adjoint is
+// Leapfrog, the centred scheme of the second-order ODE u'' = f: u_{k+1} = 2 u_k - u_{k-1} + h^2 f(u_k, t_k) with
+// u_{-1} = u_0, i.e. u_1 = u_0 + h^2 f(u_0) (first-order accurate overall from that start: docs/math.md 4.5).
+// With a_k = dL/du_k (a_N = dL/du_N, a_{N+1} = 0) its exact adjoint is
 //   a_k = c_k a_{k+1} - a_{k+2} + J_k^T (h^2 a_{k+1}),   c_k = 2 for k >= 1, c_0 = 1,
 // and dL/dK_k, dL/db_k from the evaluation at u_k under h^2 a_{k+1}.
 #include <ATen/ATen.h>
