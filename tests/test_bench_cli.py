@@ -132,6 +132,22 @@ def test_path_column(monkeypatch, capsys):
     assert bench.main(TINY + ["--layer", "single", "--methods", "fused"])[0]["path"] is None
 
 
+def test_plot(tmp_path):
+    """--plot draws the run; contres.bench.plot redraws saved runs, those of the older benchmark included."""
+    pytest.importorskip("matplotlib")
+    from contres.bench import plot
+
+    png, run = tmp_path / "run.png", tmp_path / "run.json"
+    bench.main(TINY + ["--methods", "fused,eager", "--json", str(run), "--plot", str(png)])
+    old = tmp_path / "old.json"  # the keys the first version of the benchmark wrote
+    old.write_text(json.dumps({"environment": {"devices": {"cpu": "x"}}, "rows": [
+        {"device": "cpu", "case": "single/relu B2 C4 8x8 N2 f32", "method": m, "speedup_fwd": s,
+         "speedup_fwd_bwd": s, "mem_ratio": s} for m, s in (("fused", 1.2), ("eager", 1.0))]}))
+    plot.main([str(run), str(tmp_path / "again.png"), str(old), str(tmp_path / "old.png")])
+    for path in (png, tmp_path / "again.png", tmp_path / "old.png"):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
 def test_saved_bytes_hand_counted():
     """The memory figure is what autograd saves plus the output, each storage once, the inputs left out."""
     x = torch.randn(3, 5, requires_grad=True)

@@ -14,7 +14,7 @@ the weight gradient by about h |grad_out| |u|, a relative 1e-2 at the default fl
 difference of that size is rounding, not a bug.
 
 Modules: cases (what is measured, and its inputs), methods (the registry), timing, memory, suite (one case, all
-methods), malloc (glibc settings of the CPU cases), environment, report (table, JSON), cli. The pytest-benchmark
+methods), malloc (glibc settings of the CPU cases), environment, report (table, JSON), plot, cli. The pytest-benchmark
 suite in bench/ builds its cases and methods with the same functions.
 """
 from .cases import Case, Inputs, make_cases, make_inputs

@@ -55,6 +55,8 @@ def parse_args(argv=None):
                    f"once {MIN_REPEATS} repeats are done; 0: always --repeats (default: %(default)s)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--json", metavar="PATH", help="write all rows and the environment to this JSON file")
+    p.add_argument("--plot", metavar="PATH", help="draw the speed-ups and memory ratios into this PNG "
+                   "(needs matplotlib)")
     p.add_argument("--quick", action="store_true", help=f"smoke run: shape B,C,H={QUICK_SHAPE}, N={QUICK_STEPS}, "
                    "3 repeats (explicit options win)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -149,4 +151,9 @@ def main(argv=None) -> list:
     if args.json:
         report.write_json(args.json, rows, env)
         print(f"wrote {args.json}")
+    if args.plot:
+        from . import plot
+
+        plot.plot_rows(rows, env, args.plot)
+        print(f"wrote {args.plot}")
     return rows

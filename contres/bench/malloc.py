@@ -38,7 +38,7 @@ def run_in_child(setting: str, args) -> list:
     """The rows of `args` (argparse namespace of contres.bench) run in a fresh process under `setting`."""
     env = {k: v for k, v in os.environ.items() if k not in _VARIABLES}
     env.update(SETTINGS[setting])
-    child_args = dict(vars(args), malloc=setting, json=None)
+    child_args = dict(vars(args), malloc=setting, json=None, plot=None)
     with tempfile.TemporaryDirectory() as tmp:
         args_path, out_path = os.path.join(tmp, "args.json"), os.path.join(tmp, "rows.json")
         with open(args_path, "w") as f:
