@@ -12,6 +12,9 @@ from . import memory, methods, timing
 from .cases import Case, Inputs, make_inputs
 from .report import MIB
 
+# first_call_ms: the first forward+backward (torch.compile's compilation, cuDNN's plan choice; eager's is its second,
+# after the reference run); cpu_pool_bytes: contres' CPU pool's cached bytes after the method's memory measurement;
+# reversible_drift: ops.last_reversible_drift() after fused_reversible's first backward.
 ROW_NUMBERS = ("fwd_ms", "fwd_bwd_ms", "speedup_fwd", "speedup_fwd_bwd", "act_mem_bytes", "act_mem_mib",
                "mem_ratio", "alloc_mem_bytes", "peak_mem_bytes", "max_diff_out", "max_diff_grad_w",
                "max_rel_diff_out", "max_rel_diff_grad_w", "first_call_ms", "cpu_pool_bytes", "reversible_drift")
