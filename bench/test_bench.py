@@ -2,11 +2,12 @@
 
 The same cases and methods as ``python -m contres.bench`` (its default cases on every available device), built
 by the same functions; each (case, method) is timed for the forward and for forward+backward. The forward's
-activation memory and the max difference from eager are stored in each benchmark's extra_info.
+activation memory, the path that ran and the max difference from eager are stored in each benchmark's extra_info.
 """
 import pytest
 
 from contres import bench as cb
+from contres.bench import methods
 
 ROUNDS = 3
 PHASES = ("fwd", "fwd_bwd")
@@ -23,6 +24,7 @@ class _Built:
 
     def get(self, case, method):
         if case != self.case:  # a new case: drop the previous one's tensors and compiled graphs
+            methods.reset_compiled()
             self.case, self.inputs, self.methods = case, cb.make_inputs(case), {}
             self.ref = cb.fwd_bwd_runner(cb.build_method("eager", case), self.inputs, case)()
         if method not in self.methods:
@@ -50,7 +52,8 @@ def test_ode_block(benchmark, built, case, method, phase):
     if isinstance(entry, cb.MethodSkipped):
         pytest.skip(str(entry))
     runner = cb.synced(entry.forward if phase == "fwd" else entry.fwd_bwd, case.device)
-    info = {key: entry.row[key] for key in ("act_mem_mib", "peak_mem_bytes", "max_diff_out", "max_diff_grad_w")}
+    info = {key: entry.row[key] for key in ("act_mem_mib", "peak_mem_bytes", "max_diff_out", "max_diff_grad_w",
+                                            "path")}
     benchmark.group = f"{case.device} {case.name} {phase}"
     benchmark.extra_info.update(info, device=case.device, case=case.name, method=method, phase=phase)
     benchmark.pedantic(runner, rounds=ROUNDS, warmup_rounds=1, iterations=1)

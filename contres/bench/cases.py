@@ -1,0 +1,145 @@
+"""Benchmark cases: what one row group measures (device, layer, shape, integrator, precision) and its inputs."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Optional
+
+import torch
+
+from .. import reference
+
+DEFAULT_ACTIVATION = {"single": "relu", "double_sym": "tanh"}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+SHORT_DTYPE = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "float16": "fp16"}
+
+# Default shapes (batch, channels, size) per device; --quick uses the small one everywhere.
+DEFAULT_SHAPES = {"cpu": [(32, 32, 32)], "cuda": [(128, 64, 32), (32, 16, 28)]}
+QUICK_SHAPE = (8, 16, 16)
+DEFAULT_STEPS = 8
+QUICK_STEPS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    device: str
+    layer: str
+    activation: str
+    batch: int
+    channels: int
+    size: int
+    steps: int
+    controls: Optional[int] = None  # None: one control per step
+    dtype: str = "float32"
+    autocast: Optional[str] = None  # None, "bfloat16" or "float16"
+    T: float = 1.0
+    kernel_size: int = 3
+    norm: str = "none"
+    channels_last: bool = False  # x and the upstream gradient in channels_last (every method sees the same)
+    integrator: str = "euler"  # reference.METHODS: the block's `method=`
+    interp: str = "constant"
+
+    @property
+    def n_controls(self) -> int:
+        return self.controls or self.steps
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def name(self) -> str:
+        kind = f"{self.layer}/{self.activation}" + ("/tv" if self.norm == "tv" else "")
+        parts = [kind] + ([self.integrator] if self.integrator != "euler" else [])
+        parts += [f"B{self.batch}", f"C{self.channels}", f"{self.size}x{self.size}", f"N{self.steps}"]
+        if self.n_controls != self.steps or self.interp != "constant":
+            parts.append(f"M{self.n_controls}" + ("-linear" if self.interp == "linear" else ""))
+        parts.append(SHORT_DTYPE[self.dtype])
+        if self.autocast:
+            parts.append(f"autocast-{SHORT_DTYPE[self.autocast]}")
+        if self.channels_last:
+            parts.append("CL")
+        return " ".join(parts)
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of one state u (B, C, H, W)."""
+        elem = torch.empty((), dtype=self.torch_dtype).element_size()
+        return self.batch * self.channels * self.size * self.size * elem
+
+    def block_kwargs(self) -> dict:
+        """The keyword arguments every ode_block of this case takes (reference and functional alike)."""
+        return dict(T=self.T, n_steps=self.steps, layer=self.layer, activation=self.activation, interp=self.interp,
+                    norm=self.norm, method=self.integrator)
+
+    def autocast_context(self):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device, dtype=AUTOCAST[self.autocast])
+
+
+@dataclasses.dataclass
+class Inputs:
+    x: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    grad_out: torch.Tensor  # the upstream gradient used for every backward
+
+    @property
+    def leaves(self):
+        return (self.x, self.weight, self.bias)
+
+
+def make_inputs(case: Case, seed: int = 0) -> Inputs:
+    """x, controls (scaled like ODEBlock's initialisation) and an upstream gradient, all requiring grad.
+    Drawn in float64 on the CPU, so every device and dtype sees the same numbers."""
+    gen = torch.Generator().manual_seed(seed)
+    C, k, M = case.channels, case.kernel_size, case.n_controls
+    shape = (case.batch, C, case.size, case.size)
+    bound = 1.0 / math.sqrt(C * k * k)
+
+    def rand(*size, scale=1.0, uniform=False):
+        t = (torch.rand(*size, generator=gen, dtype=torch.float64) * 2 - 1) if uniform else \
+            torch.randn(*size, generator=gen, dtype=torch.float64)
+        return (scale * t).to(device=case.device, dtype=case.torch_dtype)
+
+    fmt = torch.channels_last if case.channels_last else torch.contiguous_format
+    x = rand(*shape).contiguous(memory_format=fmt).requires_grad_()
+    weight = rand(M, C, C, k, k, scale=bound, uniform=True).requires_grad_()
+    bias = rand(M, C, scale=bound, uniform=True).requires_grad_()
+    return Inputs(x, weight, bias, rand(*shape).contiguous(memory_format=fmt))
+
+
+def integrators(choice: Optional[str]) -> tuple:
+    """The integrators of --method: one, or all of reference.METHODS."""
+    return reference.METHODS if choice == "all" else (choice or "euler",)
+
+
+def make_cases(device: str, args) -> list:
+    """The cases of one device: the default shapes (README, --help) unless shapes or --quick are given, for each
+    layer and integrator asked for; the default CUDA run adds single/relu on the large shape under bf16 autocast."""
+    custom_shape = any(v is not None for v in (args.batch, args.channels, args.size))
+    if custom_shape or args.quick:
+        b0, c0, s0 = QUICK_SHAPE if args.quick else DEFAULT_SHAPES["cpu"][0]
+        shapes = [(args.batch or b0, args.channels or c0, args.size or s0)]
+    else:
+        shapes = DEFAULT_SHAPES[device]
+    layers = reference.LAYERS if args.layer in (None, "all") else (args.layer,)
+    steps = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS)
+    common = dict(controls=args.controls, dtype=args.dtype, norm=args.norm, channels_last=args.channels_last,
+                  interp=args.interp)
+    is_default = not custom_shape and not args.quick and args.layer is None and args.activation is None \
+        and args.steps is None and args.controls is None and args.dtype == "float32" and args.autocast is None \
+        and args.norm == "none" and not args.channels_last and args.interp == "constant"
+    cases = []
+    for integrator in integrators(args.method):
+        cases += [Case(device, layer, args.activation or DEFAULT_ACTIVATION[layer], b, c, s, steps,
+                       autocast=args.autocast, integrator=integrator, **common)
+                  for (b, c, s) in shapes for layer in layers]
+        if device == "cuda" and is_default:
+            b, c, s = DEFAULT_SHAPES["cuda"][0]
+            cases.append(Case(device, "single", "relu", b, c, s, DEFAULT_STEPS, autocast="bfloat16",
+                              integrator=integrator))
+    return cases

@@ -1,0 +1,181 @@
+"""The method registry: each method is a function (x, weight, bias) -> u_N computing one case's block.
+
+  fused             functional.ode_block(backend="fused")
+  fused_ckpt        the same with checkpoint=True (every ceil(sqrt(N))-th state kept, the rest recomputed)
+  fused_reversible  leapfrog only: memory="reversible" (u_{N-1} and u_N kept, the states recomputed backward)
+  eager             reference.ode_block under autograd: the baseline of every ratio. Under --autocast it runs under
+                    plain torch.autocast (per-op casting: convolutions in low precision, the state in float32),
+                    as a user's eager model does
+  eager_blockcast   under --autocast only: functional.ode_block(backend="reference"), which casts the whole block
+                    to the autocast dtype as the fused op does
+  compiled          torch.compile (inductor) of eager; compiled_blockcast likewise of eager_blockcast
+  torchdiffeq       torchdiffeq.odeint on the fixed grid t_k = k T / N with the reference's right-hand side:
+                    method "euler" for euler, "rk4" for rk4 (torchdiffeq's is the 3/8 rule, so it is a speed
+                    comparison, not the same numbers); none for leapfrog; left out when not installed
+  fused_graphed, eager_graphed
+                    CUDA only: fused and eager captured in CUDA graphs, forward and backward
+                    (torch.cuda.make_graphed_callables), as fixed-shape training can run them; replay removes the
+                    host cost of every launch, which bounds small shapes
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from .. import _ext, functional, ops, reference
+from .cases import Case, Inputs, make_inputs
+
+METHODS = ("fused", "fused_ckpt", "fused_reversible", "eager", "eager_blockcast", "compiled", "compiled_blockcast",
+           "torchdiffeq", "fused_graphed", "eager_graphed")
+FUSED = ("fused", "fused_ckpt", "fused_reversible", "fused_graphed")
+GRAPHED = ("fused_graphed", "eager_graphed")
+TORCHDIFFEQ_METHOD = {"euler": "euler", "rk4": "rk4"}  # integrator -> torchdiffeq's fixed-grid counterpart
+
+
+class MethodSkipped(Exception):
+    """The method cannot run for this case; silent=True leaves it out of the table altogether."""
+
+    def __init__(self, reason: str, silent: bool = False):
+        super().__init__(reason)
+        self.silent = silent
+
+
+def _eager_fn(case: Case) -> Callable:
+    def fn(x, weight, bias):
+        return reference.ode_block(x, weight, bias, **case.block_kwargs())
+    return fn
+
+
+def _functional_fn(case: Case, backend: str, **options) -> Callable:
+    def fn(x, weight, bias):
+        return functional.ode_block(x, weight, bias, backend=backend, **case.block_kwargs(), **options)
+    return fn
+
+
+def _fused_fn(case: Case, **options) -> Callable:
+    if not _ext.has_kernels(case.device):
+        raise MethodSkipped(f"no fused {case.device} kernels in this build")
+    return _functional_fn(case, "fused", **options)
+
+
+def _reversible_fn(case: Case) -> Callable:
+    if case.integrator != "leapfrog":
+        raise MethodSkipped("memory='reversible' is leapfrog's", silent=True)
+    return _fused_fn(case, memory="reversible")
+
+
+def _blockcast_fn(case: Case) -> Callable:
+    if case.autocast is None:  # without autocast there is no cast: the same as eager
+        raise MethodSkipped("the same as eager without --autocast", silent=True)
+    return _functional_fn(case, "reference")
+
+
+def _compiled(fn: Callable) -> Callable:
+    """torch.compile of fn; the caller resets dynamo's cache per case (reset_compiled), so that cases never share
+    graphs or hit the recompile limit."""
+    return torch.compile(fn)
+
+
+def reset_compiled() -> None:
+    """Forget every compiled graph: call at the start of each case."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+
+
+def _torchdiffeq_fn(case: Case) -> Callable:
+    """odeint on the grid t_k = k T / N; f(t, u) is reference.rhs with the controls interpolated at t by the
+    block's rule (reference.control_weights_at), so the Euler solution equals eager's to rounding."""
+    solver = TORCHDIFFEQ_METHOD.get(case.integrator)
+    if solver is None:
+        raise MethodSkipped(f"torchdiffeq has no {case.integrator}", silent=True)
+    try:
+        import torchdiffeq
+    except ImportError as exc:
+        raise MethodSkipped(f"torchdiffeq not importable ({exc})", silent=True) from None
+    act = reference.activation_fn(case.activation)
+    N, M, T = case.steps, case.n_controls, case.T
+    q = 6 * N  # every stage time here (steps, their halves and thirds) is p / q of T for an integer p
+
+    def controls_at(weight, bias, t):
+        row = reference.control_weights_at([(round(float(t) / T * q), q)], M, case.interp)[0]
+        terms = [(a, j) for j, a in enumerate(row) if a != 0.0]
+        if len(terms) == 1 and terms[0][0] == 1.0:  # one control owns t: use it as it is (no copy)
+            return weight[terms[0][1]], bias[terms[0][1]]
+        return sum(a * weight[j] for a, j in terms), sum(a * bias[j] for a, j in terms)
+
+    def grid(func, y0, t):  # exactly N steps of size T / N (no ceil() round-off in the step count)
+        return torch.linspace(0.0, T, N + 1, dtype=t.dtype, device=t.device)
+
+    def fn(x, weight, bias):
+        def f(t, u):
+            return reference.rhs(u, *controls_at(weight, bias, t), case.layer, act, case.norm)
+
+        t = torch.tensor([0.0, T], dtype=torch.float64, device=x.device)
+        return torchdiffeq.odeint(f, x, t, method=solver, options={"grid_constructor": grid})[-1]
+    return fn
+
+
+def _graphed_fn(case: Case, build: Callable[[Case], Callable]) -> Callable:
+    """build(case) captured in CUDA graphs, forward and backward; calls copy their inputs into the graphs'."""
+    if case.device != "cuda":
+        raise MethodSkipped("CUDA graphs need a CUDA device", silent=True)
+    if case.autocast is not None:  # capture would need autocast(cache_enabled=False) around every call
+        raise MethodSkipped("not measured under autocast")
+    return torch.cuda.make_graphed_callables(build(case), make_inputs(case, seed=1).leaves)
+
+
+_BUILDERS = {
+    "fused": lambda case: _fused_fn(case),
+    "fused_ckpt": lambda case: _fused_fn(case, checkpoint=True),
+    "fused_reversible": _reversible_fn,
+    "eager": _eager_fn,
+    "eager_blockcast": _blockcast_fn,
+    "compiled": lambda case: _compiled(_eager_fn(case)),
+    "compiled_blockcast": lambda case: _compiled(_blockcast_fn(case)),
+    "torchdiffeq": _torchdiffeq_fn,
+    "fused_graphed": lambda case: _graphed_fn(case, _fused_fn),
+    "eager_graphed": lambda case: _graphed_fn(case, _eager_fn),
+}
+
+
+def build_method(name: str, case: Case) -> Callable:
+    """The function (x, weight, bias) -> u_N of a method; raises MethodSkipped when it cannot run."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
+    return _BUILDERS[name](case)
+
+
+def note(name: str, case: Case) -> str:
+    """What a reader of the method's row must know beyond its numbers ("" when nothing)."""
+    if name == "torchdiffeq" and case.integrator == "rk4":
+        return "torchdiffeq's rk4 is the 3/8 rule, not the classic one: a speed comparison, its numbers differ"
+    return ""
+
+
+def path_of(name: str) -> Optional[dict]:
+    """Which implementation ran: contres.ops.last_paths() after a fused method's call (None where this build has
+    no such function), the method's own name otherwise."""
+    if name not in FUSED:
+        return {"forward": name, "backward": name}
+    last_paths = getattr(ops, "last_paths", None)
+    return None if last_paths is None else dict(last_paths())
+
+
+def forward_runner(fn: Callable, inputs: Inputs, case: Case) -> Callable[[], torch.Tensor]:
+    """One training-mode forward (autograd records the graph), under the case's autocast."""
+    def run():
+        with case.autocast_context():
+            return fn(*inputs.leaves)
+    return run
+
+
+def fwd_bwd_runner(fn: Callable, inputs: Inputs, case: Case) -> Callable:
+    """One forward + backward; returns (output, (grad_x, grad_weight, grad_bias))."""
+    forward = forward_runner(fn, inputs, case)
+
+    def run():
+        out = forward()
+        return out, torch.autograd.grad(out, inputs.leaves, inputs.grad_out.to(out.dtype))
+    return run
