@@ -3,6 +3,9 @@
 #include <torch/library.h>
 
 #include "ode_block.h"
+#ifdef CONTRES_WITH_CUDNN_FUSION
+#include "cuda/cudnn_step/bindings.h"
+#endif
 
 #ifndef CONTRES_TORCH_VERSION
 #define CONTRES_TORCH_VERSION "unknown"
@@ -44,7 +47,15 @@ PYBIND11_MODULE(_C, m) {
     info["cuda_version"] = py::none();
     info["cuda_archs"] = py::none();
 #endif
+#ifdef CONTRES_WITH_CUDNN_FUSION
+    info["cudnn_fusion"] = true;  // fused cuDNN frontend graphs of one step (csrc/cuda/cudnn_step)
+#else
+    info["cudnn_fusion"] = false;
+#endif
     info["torch_version"] = CONTRES_TORCH_VERSION;
     return info;
   });
+#ifdef CONTRES_WITH_CUDNN_FUSION
+  contres::cudnn_fusion::bind(m);
+#endif
 }
