@@ -3,8 +3,16 @@
 Environment:
   CONTRES_CUDA=0|1       0: never build CUDA; 1: build CUDA or fail; unset: build CUDA when torch is a CUDA
                          build and nvcc is found.
-  TORCH_CUDA_ARCH_LIST   architectures to compile for (default: the visible GPUs, else "9.0").
+  TORCH_CUDA_ARCH_LIST   architectures to compile for (default: the visible GPUs, else "8.0;9.0+PTX").
   CUDA_HOME              toolkit root (default: /usr/local/cuda when it exists).
+  CONTRES_CUDNN_FUSION=0|1  the fused cuDNN frontend graphs of one step (csrc/cuda/cudnn_step), part of a CUDA
+                         build: 0: never; 1: build them or fail; unset: build them when the headers and libraries
+                         below are found.
+  CUDNN_FRONTEND_INCLUDE directory holding cudnn_frontend.h (default: site-packages/include, where
+                         `pip install nvidia-cudnn-frontend` puts it).
+  CUDNN_INCLUDE          directory holding cudnn.h (default: $CUDNN_HOME/include, site-packages/nvidia/cudnn/include,
+                         the CUDA toolkit's include).
+  CUDNN_HOME             cuDNN root with include/ and lib/ (default: the nvidia-cudnn pip package torch uses).
   MAX_JOBS               parallel compile jobs (default: from CPU count and free memory).
   CONTRES_NATIVE=0       do not add -mavx2 -mfma -mf16c on x86 hosts that have them.
 """
@@ -75,6 +83,56 @@ def _host_flags():
     return flags
 
 
+def _site_dirs():
+    return [Path(p) for p in sys.path if p and Path(p).is_dir()]
+
+
+def _first(candidates):
+    return next((Path(c) for c in candidates if c and Path(c).exists()), None)
+
+
+def _cudnn_fusion():
+    """Include directories and link arguments of the fused cuDNN graphs, or None to build without them.
+
+    They need the header-only cuDNN frontend, cudnn.h, and the libcudnn.so.9 and libnvrtc torch itself loads (the
+    frontend calls NVRTC): linked by full path, so the extension records the same sonames as libtorch_cuda."""
+    flag = os.environ.get("CONTRES_CUDNN_FUSION", "").strip()
+    if flag not in ("", "0", "1"):
+        sys.exit(f"contres: CONTRES_CUDNN_FUSION must be 0, 1 or unset, got {flag!r}")
+    if flag == "0":
+        return None
+    sites = _site_dirs()
+    cuda_home = Path(cpp_extension.CUDA_HOME or "/usr/local/cuda")
+    cudnn_home = os.environ.get("CUDNN_HOME")
+    frontend = _first([os.environ.get("CUDNN_FRONTEND_INCLUDE") and Path(os.environ["CUDNN_FRONTEND_INCLUDE"],
+                                                                        "cudnn_frontend.h")]
+                      + [s / "include" / "cudnn_frontend.h" for s in sites])
+    cudnn_h = _first([os.environ.get("CUDNN_INCLUDE") and Path(os.environ["CUDNN_INCLUDE"], "cudnn.h"),
+                      cudnn_home and Path(cudnn_home, "include", "cudnn.h")]
+                     + [s / "nvidia" / "cudnn" / "include" / "cudnn.h" for s in sites]
+                     + [cuda_home / "include" / "cudnn.h"])
+    libcudnn = _first([cudnn_home and Path(cudnn_home, d, "libcudnn.so.9") for d in ("lib", "lib64")]
+                      + [s / "nvidia" / "cudnn" / "lib" / "libcudnn.so.9" for s in sites]
+                      + [cuda_home / "lib64" / "libcudnn.so.9"])
+    cuda_major = (torch.version.cuda or "0").split(".")[0]
+    libnvrtc = _first([s / "nvidia" / sub / "lib" / f"libnvrtc.so.{cuda_major}"
+                       for s in sites for sub in (f"cu{cuda_major}", "cuda_nvrtc")]
+                      + [cuda_home / "lib64" / f"libnvrtc.so.{cuda_major}"])
+    missing = [what for what, found in (("the cuDNN frontend headers (cudnn_frontend.h)", frontend),
+                                         ("cudnn.h", cudnn_h), ("libcudnn.so.9", libcudnn),
+                                         (f"libnvrtc.so.{cuda_major}", libnvrtc)) if not found]
+    if missing:
+        why = (", ".join(missing) + " not found; `pip install nvidia-cudnn-frontend` provides the headers (or set "
+               "CUDNN_FRONTEND_INCLUDE; CUDNN_INCLUDE / CUDNN_HOME for cuDNN itself)")
+        if flag == "1":
+            sys.exit(f"contres: CONTRES_CUDNN_FUSION=1 but the fused cuDNN graphs cannot be built: {why}")
+        print(f"contres: building without the fused cuDNN graphs (csrc/cuda/cudnn_step): {why}", file=sys.stderr)
+        return None
+    lib_dirs = sorted({str(libcudnn.parent), str(libnvrtc.parent)})
+    return {"include_dirs": [str(frontend.parent), str(cudnn_h.parent)],
+            "link_args": [str(libcudnn), str(libnvrtc)] + [f"-Wl,-rpath,{d}" for d in lib_dirs]}
+
+
 def _extension():
     with_cuda = _want_cuda()
     sources = [str(p.relative_to(HERE)) for sub in ("", "driver", "cpu")
@@ -86,12 +144,12 @@ def _extension():
         return cpp_extension.CppExtension("contres._C", sources, include_dirs=include_dirs, define_macros=macros,
                                           extra_compile_args={"cxx": cxx})
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"  # no GPU to ask; Hopper is the tuned target
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"  # no GPU to ask: Ampere, Hopper, and PTX for newer
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or ";".join(
         f"{major}.{minor}" for major, minor in
         sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}))
     sources += [str(p.relative_to(HERE)) for pattern in ("*.cu", "*.cpp")
-                for p in sorted((HERE / "csrc" / "cuda").rglob(pattern))]
+                for p in sorted((HERE / "csrc" / "cuda").rglob(pattern)) if "cudnn_step" not in p.parts]
     macros += [("CONTRES_WITH_CUDA", None), ("CONTRES_CUDA_VERSION", f'"{torch.version.cuda}"'),
                ("CONTRES_CUDA_ARCHS", f'"{archs}"')]
     # ATen/cuda headers include cuBLAS/cuSPARSE headers that ship with the nvidia pip packages.
@@ -101,8 +159,15 @@ def _extension():
             if (site / sub).is_dir():
                 include_dirs.append(str(site / sub))
     nvcc = ["-O3", "-lineinfo"]
+    link_args = []
+    fusion = _cudnn_fusion()
+    if fusion is not None:
+        sources += [str(p.relative_to(HERE)) for p in sorted((HERE / "csrc" / "cuda" / "cudnn_step").glob("*.cpp"))]
+        macros.append(("CONTRES_WITH_CUDNN_FUSION", None))
+        include_dirs += fusion["include_dirs"]
+        link_args += fusion["link_args"]
     return cpp_extension.CUDAExtension("contres._C", sources, include_dirs=include_dirs, define_macros=macros,
-                                       extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+                                       extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link_args)
 
 
 setup(

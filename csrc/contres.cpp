@@ -6,6 +6,9 @@
 #include "cpu/buffer_pool.h"
 #include "ode_block.h"
 #include "paths.h"
+#ifdef CONTRES_WITH_CUDNN_FUSION
+#include "cuda/cudnn_step/bindings.h"
+#endif
 
 #ifndef CONTRES_TORCH_VERSION
 #define CONTRES_TORCH_VERSION "unknown"
@@ -60,6 +63,11 @@ PYBIND11_MODULE(_C, m) {
     info["cuda_version"] = py::none();
     info["cuda_archs"] = py::none();
 #endif
+#ifdef CONTRES_WITH_CUDNN_FUSION
+    info["cudnn_fusion"] = true;  // fused cuDNN frontend graphs of one step (csrc/cuda/cudnn_step)
+#else
+    info["cudnn_fusion"] = false;
+#endif
     info["torch_version"] = CONTRES_TORCH_VERSION;
     return info;
   });
@@ -91,4 +99,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_pool_set_limit", &contres::pool_set_limit, py::arg("bytes"));
   m.def("cpu_pool_empty", &contres::pool_empty);
   m.def("cpu_pool_reset_counters", &contres::pool_reset_counters);
+#ifdef CONTRES_WITH_CUDNN_FUSION
+  contres::cudnn_fusion::bind(m);
+#endif
 }
