@@ -195,3 +195,39 @@ def test_tv_norm_fused_on_cuda(C, layer, activation, method):
     assert_close_rel(y, y_ref, 1e-12, "output")
     for name, a, r in zip(("x", "weight", "bias"), grads, grads_ref):
         assert_close_rel(a, r, 1e-10, f"grad {name}")
+
+
+@pytest.fixture
+def fused_conv():
+    if not contres.build_info().get("cudnn_fusion"):
+        pytest.skip("contres built without the fused cuDNN graphs")
+    old = contres.cuda_paths()
+    contres.set_cuda_paths(conv="fused", graphs=old["graphs"])
+    yield
+    contres.set_cuda_paths(**old)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "fp32", "bf16"])
+@pytest.mark.parametrize("layer,activation", [("single", "relu"), ("single", "tanh"), ("single", "identity"),
+                                              ("double_sym", "tanh"), ("double_sym", "relu")])
+def test_fused_cudnn_path_matches_reference(fused_conv, precision, layer, activation):
+    """conv="fused": Euler's steps as fused cuDNN graphs (with ATen where a graph cannot run) give the reference's
+    output and gradients, and the forward graphs really ran."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    x, w, b = make_inputs(B=4, C=16, H=12, W=12, M=4, dtype=torch.float32, device="cuda", seed=3)
+    g = random_like(x)
+    kw = dict(T=1.0, n_steps=4, layer=layer, activation=activation)
+    y_ref, grads_ref = run_block(x, w, b, g, backend="reference", **kw)
+    xd, wd, bd = (t.detach().to(dtype).requires_grad_() for t in (x, w, b))
+    contres._C._cudnn_fusion_clear_cache()
+    y, grads = run_block(xd, wd, bd, g.to(dtype), backend="fused", **kw)
+    assert contres.ops.last_paths() == {"forward": "cuda:fused", "backward": "cuda:fused"}
+    tol = {"fp32": 1e-4, "tf32": 5e-3, "bf16": 3e-2}[precision]
+    assert_close_rel(y, y_ref, tol, "output")
+    for name, a, r in zip(("x", "weight", "bias"), grads, grads_ref):
+        assert_close_rel(a, r, 5 * tol, f"grad {name}")
+    ran = [r for r in contres._C._cudnn_fusion_built_graphs() if r["runs"] > 0]
+    print(f"{precision} {layer}/{activation}: graphs that ran:", [(r["key"][:40], r["runs"]) for r in ran])
+    if precision != "fp32":
+        assert ran, "no fused graph ran"

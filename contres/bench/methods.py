@@ -16,6 +16,10 @@
                     CUDA only: fused and eager captured in CUDA graphs, forward and backward
                     (torch.cuda.make_graphed_callables), as fixed-shape training can run them; replay removes the
                     host cost of every launch, which bounds small shapes
+  fused_cudagraph, fused_cudnn, fused_cudnn_cudagraph
+                    CUDA only: fused with contres' own paths forced (contres.set_cuda_paths): each whole call
+                    replayed from a CUDA graph (graphs="on"), the convolutions fused with their elementwise work
+                    as cuDNN graphs (conv="fused"), or both. "fused" itself runs the "auto" paths.
 """
 from __future__ import annotations
 
@@ -27,8 +31,10 @@ from .. import _ext, functional, ops, reference
 from .cases import Case, Inputs, make_inputs
 
 METHODS = ("fused", "fused_ckpt", "fused_reversible", "eager", "eager_blockcast", "compiled", "compiled_blockcast",
-           "torchdiffeq", "fused_graphed", "eager_graphed")
-FUSED = ("fused", "fused_ckpt", "fused_reversible", "fused_graphed")
+           "torchdiffeq", "fused_graphed", "eager_graphed", "fused_cudagraph", "fused_cudnn", "fused_cudnn_cudagraph")
+CUDA_PATHS = {"fused_cudagraph": ("auto", "on"), "fused_cudnn": ("fused", "auto"),
+              "fused_cudnn_cudagraph": ("fused", "on")}  # method -> (conv, graphs) of contres.set_cuda_paths
+FUSED = ("fused", "fused_ckpt", "fused_reversible", "fused_graphed") + tuple(CUDA_PATHS)
 GRAPHED = ("fused_graphed", "eager_graphed")
 TORCHDIFFEQ_METHOD = {"euler": "euler", "rk4": "rk4"}  # integrator -> torchdiffeq's fixed-grid counterpart
 
@@ -53,10 +59,28 @@ def _functional_fn(case: Case, backend: str, **options) -> Callable:
     return fn
 
 
-def _fused_fn(case: Case, **options) -> Callable:
+def _fused_fn(case: Case, paths=("auto", "auto"), **options) -> Callable:
+    """The fused block with contres' CUDA paths set at every call (the backward that follows runs under them too,
+    since the methods' calls are timed one method at a time)."""
     if not _ext.has_kernels(case.device):
         raise MethodSkipped(f"no fused {case.device} kernels in this build")
-    return _functional_fn(case, "fused", **options)
+    block = _functional_fn(case, "fused", **options)
+    if case.device != "cuda":
+        return block
+
+    def fn(x, weight, bias):
+        ops.set_cuda_paths(*paths)
+        return block(x, weight, bias)
+    return fn
+
+
+def _paths_fn(case: Case, name: str) -> Callable:
+    if case.device != "cuda":
+        raise MethodSkipped("contres' CUDA paths need a CUDA device", silent=True)
+    conv, graphs = CUDA_PATHS[name]
+    if conv == "fused" and not _ext.build_info().get("cudnn_fusion"):
+        raise MethodSkipped("this build has no fused cuDNN graphs")
+    return _fused_fn(case, paths=CUDA_PATHS[name])
 
 
 def _reversible_fn(case: Case) -> Callable:
@@ -137,6 +161,7 @@ _BUILDERS = {
     "torchdiffeq": _torchdiffeq_fn,
     "fused_graphed": lambda case: _graphed_fn(case, _fused_fn),
     "eager_graphed": lambda case: _graphed_fn(case, _eager_fn),
+    **{name: (lambda case, name=name: _paths_fn(case, name)) for name in CUDA_PATHS},
 }
 
 

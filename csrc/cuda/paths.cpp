@@ -18,6 +18,15 @@ bool use_graphs(const PathSettings& s) {
   return !at::globalContext().deterministicAlgorithms();  // keep deterministic runs on the plain, checked path
 }
 
+// The fused cuDNN graphs when asked for and built (each step falls back to ATen where a graph cannot run).
+bool use_fused(const PathSettings& s) {
+#ifdef CONTRES_WITH_CUDNN_FUSION
+  return s.conv == ConvPath::Fused && !at::globalContext().deterministicAlgorithms();
+#else
+  return false;
+#endif
+}
+
 std::string graph_key(const at::Tensor& x, const at::Tensor& weight, const Call& c, const char* conv) {
   std::ostringstream k;
   k << name_of(c.cfg.method) << '|' << name_of(c.cfg.layer) << '|' << name_of(c.cfg.act) << '|' << name_of(c.cfg.norm)
@@ -28,9 +37,12 @@ std::string graph_key(const at::Tensor& x, const at::Tensor& weight, const Call&
 
 }  // namespace
 
-ForwardResult cuda_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const Call& call) {
+ForwardResult cuda_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                           const Call& plain) {
   const PathSettings s = path_settings();
-  const char* conv = "aten";
+  Call call = plain;
+  call.fused_conv = use_fused(s);
+  const char* conv = call.fused_conv ? "fused" : "aten";
   if (use_graphs(s)) {
     auto body = [&call](const at::Tensor& xs, const at::Tensor& ws, const at::Tensor& bs) {
       return forward_impl(xs, ws, bs, call);
@@ -46,9 +58,11 @@ ForwardResult cuda_forward(const at::Tensor& x, const at::Tensor& weight, const 
 
 BackwardResult cuda_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
                              const at::Tensor& bias, const at::Tensor& states, const at::Tensor& aux,
-                             const Call& call) {
+                             const Call& plain) {
   const PathSettings s = path_settings();
-  const char* conv = "aten";
+  Call call = plain;
+  call.fused_conv = use_fused(s);
+  const char* conv = call.fused_conv ? "fused" : "aten";
   if (use_graphs(s)) {
     auto body = [&](const at::Tensor& g, const at::Tensor& xs, const at::Tensor& ws, const at::Tensor& bs) {
       return backward_impl(g, xs, ws, bs, states, aux, call);

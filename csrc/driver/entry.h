@@ -15,6 +15,7 @@ struct Call {
   Config cfg;
   Dims dims;
   double h = 0;
+  bool fused_conv = false;  // CUDA: the fused cuDNN graphs where they can run (see paths.h)
 };
 
 using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;               // u_N, states, aux

@@ -49,8 +49,9 @@ Dims check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   return d;
 }
 
-Problem make_problem(const Config& cfg, const Dims& d, double h, const at::Tensor& x) {
+Problem make_problem(const Config& cfg, const Dims& d, double h, const at::Tensor& x, bool fused_conv = false) {
   Problem p;
+  p.fused_conv = fused_conv;
   p.cfg = cfg;
   p.h = h;
   p.n_steps = d.n_steps;
@@ -208,7 +209,7 @@ ForwardResult forward_impl(const at::Tensor& x_in, const at::Tensor& weight_in, 
                            const Call& call) {
   const Config& cfg = call.cfg;
   const Dims& d = call.dims;
-  const Problem p = make_problem(cfg, d, call.h, x_in);
+  const Problem p = make_problem(cfg, d, call.h, x_in, call.fused_conv);
   const at::Tensor x = x_in.contiguous(kLayout);
   const Weights w{weight_in.contiguous(), bias_in.contiguous()};
   // The output keeps the input's layout; the last step writes into it directly when that is the internal one.
@@ -252,7 +253,7 @@ BackwardResult backward_impl(const at::Tensor& grad_out, const at::Tensor& x_in,
                              const at::Tensor& bias_in, const at::Tensor& states, const at::Tensor& aux,
                              const Call& call) {
   const Config& cfg = call.cfg;
-  const Problem p = make_problem(cfg, call.dims, call.h, x_in);
+  const Problem p = make_problem(cfg, call.dims, call.h, x_in, call.fused_conv);
   const at::Tensor x = x_in.contiguous(kLayout);
   const Weights w{weight_in.contiguous(), bias_in.contiguous()};
   // rk4 adds the contributions of its stages (two per half step, two at each step boundary).

@@ -86,6 +86,7 @@ void Stages::forward(const at::Tensor& U, const at::Tensor& K, const at::Tensor&
                      const at::Tensor& aux_out) {
   const Config& cfg = p_.cfg;
   if (!comb.any() && !aux_out.defined()) return;  // a recomputation that wants nothing of this evaluation
+  if (p_.fused_conv && fused_forward(U, K, b, comb, aux_out)) return;
   const at::Tensor z = conv(U, K, b);
   if (cfg.layer == Layer::Single) {
     if (cfg.norm == Norm::Tv) {
@@ -185,6 +186,23 @@ void Stages::combine(const at::Tensor& out, const at::Tensor& lam, const at::Ten
   GatePass pass{lam, mu, c_mu, {}, Act::Identity, Aux::None, scale, out, sum_in, sum_out, {}, p_.C};
   run(pass);
 }
+
+#ifndef CONTRES_WITH_CUDNN_FUSION
+// Without the fused cuDNN graphs in the build (fused_conv is never set then).
+bool Stages::fused_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const Combination&,
+                           const at::Tensor&) {
+  return false;
+}
+bool Stages::fused_euler_adjoint() const { return false; }
+Stages::Pending Stages::fused_adjoint_step(const at::Tensor&, const Pending&, const at::Tensor&, const at::Tensor&,
+                                           const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                           const at::Tensor&) {
+  TORCH_CHECK(false, "contres: internal error: no fused cuDNN graphs in this build");
+}
+at::Tensor Stages::fused_finish(const at::Tensor&, const Pending&) {
+  TORCH_CHECK(false, "contres: internal error: no fused cuDNN graphs in this build");
+}
+#endif
 
 void Stages::lincomb(const at::Tensor& out, const at::Tensor& x0, double c0, const at::Tensor& x1, double c1,
                      const at::Tensor& z, double alpha) {

@@ -40,7 +40,7 @@ GraphSpec spec_from(const py::dict& d) {
   s.H = d["H"].cast<int64_t>();
   s.W = d["W"].cast<int64_t>();
   s.k = get_or<int64_t>(d, "k", 3);
-  s.act = parse_activation(get_or<std::string>(d, "act", "identity"));
+  s.act = parse<Act>(get_or<std::string>(d, "act", "identity"));
   s.gate = parse_gate(get_or<std::string>(d, "gate", "none"));
   s.gate_out = get_or<bool>(d, "gate_out", false);
   s.bias_out = get_or<bool>(d, "bias_out", false);
@@ -99,7 +99,7 @@ void bind(py::module& m) {
   });
   m.def("_cudnn_fusion_clear_cache", &clear_cache);
   m.def("_cudnn_fusion_supports", [](at::ScalarType dtype, int64_t C, int64_t k, const std::string& act) {
-    return supports(dtype, C, k, parse_activation(act));
+    return supports(dtype, C, k, parse<Act>(act));
   });
 
   // The run_* functions on tensors; optional outputs are None. The GIL is released: a first call builds a plan.
@@ -108,7 +108,7 @@ void bind(py::module& m) {
       [](const at::Tensor& u, const at::Tensor& K, const at::Tensor& b, double h, const std::string& act,
          const std::string& gate, const at::Tensor& u_next, const std::optional<at::Tensor>& gate_out) {
         py::gil_scoped_release no_gil;
-        return run_forward_single(u, K, b, h, parse_activation(act), parse_gate(gate), u_next, or_undefined(gate_out));
+        return run_forward_single(u, K, b, h, parse<Act>(act), parse_gate(gate), u_next, or_undefined(gate_out));
       },
       py::arg("u"), py::arg("K"), py::arg("b"), py::arg("h"), py::arg("act"), py::arg("gate"), py::arg("u_next"),
       py::arg("gate_out") = py::none());
@@ -116,7 +116,7 @@ void bind(py::module& m) {
       "_cudnn_conv_bias_act",
       [](const at::Tensor& u, const at::Tensor& K, const at::Tensor& b, const std::string& act, const at::Tensor& a_out) {
         py::gil_scoped_release no_gil;
-        return run_conv_bias_act(u, K, b, parse_activation(act), a_out);
+        return run_conv_bias_act(u, K, b, parse<Act>(act), a_out);
       },
       py::arg("u"), py::arg("K"), py::arg("b"), py::arg("act"), py::arg("a_out"));
   m.def(
@@ -132,7 +132,7 @@ void bind(py::module& m) {
          const std::string& act, const std::string& kind, double scale, const at::Tensor& lam_out,
          const at::Tensor& g_out, const std::optional<at::Tensor>& bias_out) {
         py::gil_scoped_release no_gil;
-        return run_dgrad_gate(g, K, lam, or_undefined(gate), parse_activation(act), parse_gate(kind), scale, lam_out,
+        return run_dgrad_gate(g, K, lam, or_undefined(gate), parse<Act>(act), parse_gate(kind), scale, lam_out,
                               g_out, or_undefined(bias_out));
       },
       py::arg("g"), py::arg("K"), py::arg("lam"), py::arg("gate"), py::arg("act"), py::arg("kind"), py::arg("scale"),
@@ -149,7 +149,7 @@ void bind(py::module& m) {
       [](const at::Tensor& v, const at::Tensor& K, const std::optional<at::Tensor>& gate, const std::string& act,
          const std::string& kind, double scale, const at::Tensor& g_out, const std::optional<at::Tensor>& bias_out) {
         py::gil_scoped_release no_gil;
-        return run_conv_gate(v, K, or_undefined(gate), parse_activation(act), parse_gate(kind), scale, g_out,
+        return run_conv_gate(v, K, or_undefined(gate), parse<Act>(act), parse_gate(kind), scale, g_out,
                              or_undefined(bias_out));
       },
       py::arg("v"), py::arg("K"), py::arg("gate"), py::arg("act"), py::arg("kind"), py::arg("scale"),
