@@ -115,11 +115,12 @@ def _cudnn_fusion():
                       + [s / "nvidia" / "cudnn" / "lib" / "libcudnn.so.9" for s in sites]
                       + [cuda_home / "lib64" / "libcudnn.so.9"])
     cuda_major = (torch.version.cuda or "0").split(".")[0]
-    libnvrtc = _first([s / "nvidia" / sub / "lib" / f"libnvrtc.so.{cuda_major}"
-                       for s in sites for sub in (f"cu{cuda_major}", "cuda_nvrtc")]
+    nvrtc_packages = [s / "nvidia" / sub for s in sites for sub in (f"cu{cuda_major}", "cuda_nvrtc")]
+    nvrtc_h = _first([p / "include" / "nvrtc.h" for p in nvrtc_packages] + [cuda_home / "include" / "nvrtc.h"])
+    libnvrtc = _first([p / "lib" / f"libnvrtc.so.{cuda_major}" for p in nvrtc_packages]
                       + [cuda_home / "lib64" / f"libnvrtc.so.{cuda_major}"])
     missing = [what for what, found in (("the cuDNN frontend headers (cudnn_frontend.h)", frontend),
-                                         ("cudnn.h", cudnn_h), ("libcudnn.so.9", libcudnn),
+                                         ("cudnn.h", cudnn_h), ("libcudnn.so.9", libcudnn), ("nvrtc.h", nvrtc_h),
                                          (f"libnvrtc.so.{cuda_major}", libnvrtc)) if not found]
     if missing:
         why = (", ".join(missing) + " not found; `pip install nvidia-cudnn-frontend` provides the headers (or set "
@@ -129,7 +130,7 @@ def _cudnn_fusion():
         print(f"contres: building without the fused cuDNN graphs (csrc/cuda/cudnn_step): {why}", file=sys.stderr)
         return None
     lib_dirs = sorted({str(libcudnn.parent), str(libnvrtc.parent)})
-    return {"include_dirs": [str(frontend.parent), str(cudnn_h.parent)],
+    return {"include_dirs": [str(frontend.parent), str(cudnn_h.parent), str(nvrtc_h.parent)],
             "link_args": [str(libcudnn), str(libnvrtc)] + [f"-Wl,-rpath,{d}" for d in lib_dirs]}
 
 
@@ -164,7 +165,7 @@ def _extension():
     if fusion is not None:
         sources += [str(p.relative_to(HERE)) for p in sorted((HERE / "csrc" / "cuda" / "cudnn_step").glob("*.cpp"))]
         macros.append(("CONTRES_WITH_CUDNN_FUSION", None))
-        include_dirs += fusion["include_dirs"]
+        include_dirs += [d for d in fusion["include_dirs"] if d not in include_dirs]
         link_args += fusion["link_args"]
     return cpp_extension.CUDAExtension("contres._C", sources, include_dirs=include_dirs, define_macros=macros,
                                        extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link_args)

@@ -75,7 +75,10 @@ class Case:
         self.out = torch.empty_like(self.u)
         self.out2 = torch.empty_like(self.u)
         z = torch.randn(B, C, Hh, W, device="cuda")
-        self.gate_t = None if gate == "none" else cl((z > 0).to(torch.uint8) if gate == "mask" else act_fn(act)(z).to(dtype))
+        if gate == "none":
+            self.gate_t = None
+        else:
+            self.gate_t = cl((z > 0).to(torch.uint8) if gate == "mask" else act_fn(act)(z).to(dtype))
         self.mask_out = torch.empty_like(self.u, dtype=torch.uint8)
         self.bias_out = torch.empty(C, device="cuda") if self.bias else None
         self.dK = cl(torch.empty(C, C, k, k, device="cuda"))

@@ -114,7 +114,8 @@ void bind(py::module& m) {
       py::arg("gate_out") = py::none());
   m.def(
       "_cudnn_conv_bias_act",
-      [](const at::Tensor& u, const at::Tensor& K, const at::Tensor& b, const std::string& act, const at::Tensor& a_out) {
+      [](const at::Tensor& u, const at::Tensor& K, const at::Tensor& b, const std::string& act,
+         const at::Tensor& a_out) {
         py::gil_scoped_release no_gil;
         return run_conv_bias_act(u, K, b, parse<Act>(act), a_out);
       },

@@ -28,9 +28,9 @@ namespace {
 template <typename E>
 E float32_op_of(bool (at::Context::*)(std::optional<E>) const);
 
-template <typename Ctx>
-auto tf32_conv(const Ctx& ctx, int) -> decltype(ctx.allowTF32CuDNN(decltype(float32_op_of(&Ctx::allowTF32CuDNN))::CONV)) {
-  return ctx.allowTF32CuDNN(decltype(float32_op_of(&Ctx::allowTF32CuDNN))::CONV);
+template <typename Ctx, typename Op = decltype(float32_op_of(&Ctx::allowTF32CuDNN))>
+bool tf32_conv(const Ctx& ctx, int) {
+  return ctx.allowTF32CuDNN(Op::CONV);
 }
 template <typename Ctx>
 bool tf32_conv(const Ctx& ctx, long) {
@@ -183,7 +183,8 @@ bool run_forward_single(const at::Tensor& u, const at::Tensor& K, const at::Tens
   return run(s, u, ops);
 }
 
-bool run_conv_bias_act(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b, Act act, const at::Tensor& a_out) {
+bool run_conv_bias_act(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b, Act act,
+                       const at::Tensor& a_out) {
   if (!u.defined() || !u.is_cuda() || u.dim() != 4 || !supported_dtype(u)) return false;
   const auto dt = u.scalar_type();
   bool ok = state_operand(u, u, dt, "u");

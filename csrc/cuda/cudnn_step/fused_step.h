@@ -52,7 +52,8 @@ bool run_forward_single(const at::Tensor& u, const at::Tensor& K, const at::Tens
                         GateInput kind, const at::Tensor& u_next, const at::Tensor& gate_out);
 
 // Forward, double_sym, first half: a_out = act(conv(u, K) + b).
-bool run_conv_bias_act(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b, Act act, const at::Tensor& a_out);
+bool run_conv_bias_act(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b, Act act,
+                       const at::Tensor& a_out);
 
 // y_out = base + alpha * conv(v, K) (no bias). With K = flip(K_k)^T (kernel flipped in space, in/out channels
 // swapped) this is base + alpha * convT(v, K_k): double_sym's update u_next = u - h convT(a, K_k) (run_dgrad_add
