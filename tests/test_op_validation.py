@@ -22,8 +22,8 @@ def test_no_case_crashes_the_process(device):
     proc = subprocess.run([sys.executable, os.path.join(HERE, "foreign_cases.py"), device], capture_output=True,
                           text=True, timeout=300, env=dict(os.environ, PYTHONPATH=HERE))
     started = [line[5:] for line in proc.stdout.splitlines() if line.startswith("case ")]
-    assert proc.returncode == 0, (f"the process died (code {proc.returncode}) in case {started[-1]!r}:\n"
-                                  f"{proc.stderr[-3000:]}")
+    where = repr(started[-1]) if started else "(before the first case)"
+    assert proc.returncode == 0, f"the process died (code {proc.returncode}) in case {where}:\n{proc.stderr[-3000:]}"
     assert started == CASE_NAMES
     accepted = [line for line in proc.stdout.splitlines() if line.startswith("ok ")]
     assert not accepted, f"foreign tensors accepted: {accepted}"
