@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 
-#include <sstream>
 
 #include "cpu/buffer_pool.h"
 
@@ -92,15 +91,18 @@ at::Tensor allocate(const TensorSpec& spec, const at::TensorOptions& options) {
 
 namespace {
 
-std::string describe(const std::vector<c10::SymInt>& v) {
-  std::ostringstream s;
-  s << "(";
-  for (size_t i = 0; i < v.size(); ++i) s << (i ? ", " : "") << v[i];
-  s << (v.size() == 1 ? ",)" : ")");
-  return s.str();
+}  // namespace
+
+std::string describe(const c10::SymInt& v) {
+  const auto n = v.maybe_as_int();
+  return n ? std::to_string(*n) : std::string("?");
 }
 
-}  // namespace
+std::string describe(c10::SymIntArrayRef v) {
+  std::string s = "(";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + describe(v[i]);
+  return s + (v.size() == 1 ? ",)" : ")");
+}
 
 void check_matches(const at::Tensor& t, const TensorSpec& spec, const c10::Device& device, const char* name,
                    const char* what) {
@@ -109,17 +111,17 @@ void check_matches(const at::Tensor& t, const TensorSpec& spec, const c10::Devic
   bool same_sizes = sizes.size() == spec.sizes.size();
   for (size_t i = 0; same_sizes && i < sizes.size(); ++i) same_sizes = sizes[i] == spec.sizes[i];
   TORCH_CHECK_VALUE(same_sizes, "contres: ", name, " must be ", what, ": sizes ", describe(spec.sizes), ", got ",
-                    t.sym_sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == spec.dtype, "contres: ", name, " must be ", what, " of dtype ", spec.dtype,
-                   ", got ", t.scalar_type());
-  TORCH_CHECK(t.device() == device, "contres: ", name, " must be on ", device, " like x, got ", t.device());
+                    describe(t.sym_sizes()));
+  TORCH_CHECK_TYPE(t.scalar_type() == spec.dtype, "contres: ", name, " must be ", what, " of dtype ",
+                   c10::toString(spec.dtype), ", got ", c10::toString(t.scalar_type()));
+  TORCH_CHECK(t.device() == device, "contres: ", name, " must be on ", device.str(), " like x, got ", t.device().str());
   const auto strides = t.sym_strides();
   bool same_strides = true;  // a dimension of length 1 (or an empty tensor) is addressed whatever its stride
   if (t.sym_numel() != 0)
     for (size_t i = 0; i < strides.size(); ++i)
       if (sizes[i] != 1 && strides[i] != spec.strides[i]) same_strides = false;
   TORCH_CHECK_VALUE(same_strides, "contres: ", name, " must be ", what, " with the forward's memory layout: strides ",
-                    describe(spec.strides), ", got ", t.sym_strides(),
+                    describe(spec.strides), ", got ", describe(t.sym_strides()),
                     " (pass the tensors the forward returned, unchanged)");
 }
 

@@ -52,6 +52,11 @@ run_tests() {  # name, time limit, pytest arguments...
   local rc=$?
   tail -300 "$OUT/tests.log" | grep -E "passed|failed|error" | tail -1
   [ $rc -eq 0 ] || status=1
+  if [ $rc -eq 139 ] && [ "$(left)" -gt 60 ]; then  # a segfault: the C++ frames of the first one, from cuda-gdb
+    stamp "segfault in $name: backtrace"
+    timeout 50 cuda-gdb -q -batch -ex run -ex "bt 12" --args "$PY" -m pytest -q -x -p no:cacheprovider "$@" 2>&1 |
+      grep -E "SIGSEGV|^#[0-9]+ " | cut -c1-300 | tee -a "$OUT/tests.log" | head -14
+  fi
 }
 if [[ ",$SKIP," != *",tests,"* ]]; then
   run_tests kernels 150 tests -k "(cuda or Cuda) and not cudnn and not compile" \

@@ -2,7 +2,9 @@
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 
-#include <sstream>
+#include <cstdint>
+#include <cstring>
+#include <string>
 
 #include "../driver/entry.h"
 #include "../paths.h"
@@ -27,12 +29,16 @@ bool use_fused(const PathSettings& s) {
 #endif
 }
 
+// Formatted without streams (see describe in saved.h); h enters by its bits, so steps that differ in one bit differ.
 std::string graph_key(const at::Tensor& x, const at::Tensor& weight, const Call& c, const char* conv) {
-  std::ostringstream k;
-  k << name_of(c.cfg.method) << '|' << name_of(c.cfg.layer) << '|' << name_of(c.cfg.act) << '|' << name_of(c.cfg.norm)
-    << '|' << name_of(c.cfg.memory) << '|' << c.cfg.checkpoint << '|' << x.sizes() << '|' << weight.sizes() << '|'
-    << x.scalar_type() << '|' << x.device() << '|' << std::hexfloat << c.h << '|' << conv;
-  return k.str();
+  uint64_t h_bits = 0;
+  std::memcpy(&h_bits, &c.h, sizeof h_bits);
+  std::string key = std::string(name_of(c.cfg.method)) + '|' + name_of(c.cfg.layer) + '|' + name_of(c.cfg.act) + '|' +
+                    name_of(c.cfg.norm) + '|' + name_of(c.cfg.memory) + '|' + std::to_string(c.cfg.checkpoint);
+  for (const at::Tensor* t : {&x, &weight})
+    for (const int64_t s : t->sizes()) key += ',' + std::to_string(s);
+  return key + '|' + c10::toString(x.scalar_type()) + '|' + x.device().str() + '|' + std::to_string(h_bits) + '|' +
+         conv;
 }
 
 }  // namespace

@@ -21,13 +21,14 @@ Dims check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   TORCH_CHECK_VALUE(x.dim() == 4, "contres: x must be 4-D (B, C, H, W), got ", x.dim(), "-D");
   TORCH_CHECK_VALUE(weight.dim() == 5, "contres: weight must be 5-D (rows, C, C, k, k), got ", weight.dim(), "-D");
   TORCH_CHECK_VALUE(bias.dim() == 2, "contres: bias must be 2-D (rows, C), got ", bias.dim(), "-D");
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "contres: x must be a floating tensor, got ", x.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "contres: x must be a floating tensor, got ",
+                   c10::toString(x.scalar_type()));
   TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type() && bias.scalar_type() == x.scalar_type(),
-                   "contres: weight and bias must have x's dtype ", x.scalar_type(), ", got ", weight.scalar_type(),
-                   " and ", bias.scalar_type());
+                   "contres: weight and bias must have x's dtype ", c10::toString(x.scalar_type()), ", got ",
+                   c10::toString(weight.scalar_type()), " and ", c10::toString(bias.scalar_type()));
   TORCH_CHECK(weight.device() == x.device() && bias.device() == x.device(),
-              "contres: weight and bias must be on x's device ", x.device(), ", got ", weight.device(), " and ",
-              bias.device());
+              "contres: weight and bias must be on x's device ", x.device().str(), ", got ", weight.device().str(),
+              " and ", bias.device().str());
   Dims d;
   d.B = x.sym_size(0), d.C = x.sym_size(1), d.H = x.sym_size(2), d.W = x.sym_size(3);
   const int64_t rows = weight.sym_size(0).guard_int(__FILE__, __LINE__);
@@ -42,9 +43,10 @@ Dims check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   d.k = weight.sym_size(3);
   TORCH_CHECK_VALUE(weight.sym_size(1) == d.C && weight.sym_size(2) == d.C && weight.sym_size(4) == d.k &&
                         d.k % 2 == 1,
-                    "contres: weight must be (rows, C, C, k, k) with C = ", d.C, " and odd k, got ", weight.sym_sizes());
-  TORCH_CHECK_VALUE(bias.sym_size(0) == rows && bias.sym_size(1) == d.C, "contres: bias must be (", rows, ", ", d.C,
-                    "), got ", bias.sym_sizes());
+                    "contres: weight must be (rows, C, C, k, k) with C = ", describe(d.C), " and odd k, got ",
+                    describe(weight.sym_sizes()));
+  TORCH_CHECK_VALUE(bias.sym_size(0) == rows && bias.sym_size(1) == d.C, "contres: bias must be (", rows, ", ",
+                    describe(d.C), "), got ", describe(bias.sym_sizes()));
   TORCH_CHECK_VALUE(std::isfinite(h) && h > 0, "contres: h must be a positive finite step, got ", h);
   return d;
 }
@@ -64,12 +66,12 @@ Problem make_problem(const Config& cfg, const Dims& d, double h, const at::Tenso
 // grad_out, states and aux against x, the arguments and the table: anything the forward did not make is refused.
 void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& states,
                            const at::Tensor& aux, const Config& cfg, const Dims& d) {
-  TORCH_CHECK_VALUE(grad_out.sym_sizes() == x.sym_sizes(), "contres: grad_out must have x's shape ", x.sym_sizes(),
-                    ", got ", grad_out.sym_sizes());
+  TORCH_CHECK_VALUE(grad_out.sym_sizes() == x.sym_sizes(), "contres: grad_out must have x's shape ",
+                    describe(x.sym_sizes()), ", got ", describe(grad_out.sym_sizes()));
   TORCH_CHECK_TYPE(at::isFloatingType(grad_out.scalar_type()), "contres: grad_out must be a floating tensor, got ",
-                   grad_out.scalar_type());
-  TORCH_CHECK(grad_out.device() == x.device(), "contres: grad_out must be on x's device ", x.device(), ", got ",
-              grad_out.device());
+                   c10::toString(grad_out.scalar_type()));
+  TORCH_CHECK(grad_out.device() == x.device(), "contres: grad_out must be on x's device ", x.device().str(), ", got ",
+              grad_out.device().str());
   const SavedCounts n = saved_counts(cfg, d.n_steps);
   const std::string states_what = "the forward's saved states for these arguments (" + std::to_string(n.states) +
                                   " states of x's shape, channels_last)";
