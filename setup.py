@@ -171,7 +171,16 @@ def _extension():
                                        extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link_args)
 
 
+def _torch_requirement():
+    """The torch release this build is compiled against, exactly: pip then refuses a wheel beside another torch
+    instead of an import failing on undefined symbols. The local label (+cpu, +cu130) is left out, so a build
+    against a CUDA torch also pins what PyPI calls that release; a CUDA build beside a CPU torch of the same
+    release says so at import (contres.build_info())."""
+    return f"torch=={torch.__version__.split('+')[0]}"
+
+
 setup(
+    install_requires=[_torch_requirement(), "numpy", "tqdm"],
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
 )

@@ -42,3 +42,5 @@ print("CUDA build OK: every op with a CPU kernel has a CUDA kernel")
 PY
 echo "== fused cuDNN graphs, CPU-side check"
 cd /tmp && "$venv/bin/python" -m pytest -q -p no:cacheprovider "$src/tests/test_cudnn_graphs.py"
+echo "== the CUDA wheel, installed into a fresh environment with torch 2.14.1 and no compiler"
+EXPECT_CUDA=1 bash "$src/scripts/check_wheel.sh" "$venv/bin/python"
