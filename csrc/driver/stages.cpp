@@ -13,7 +13,7 @@ void run(const ForwardPass& pass) {
 #ifdef CONTRES_WITH_CUDA
   if (pass.z.is_cuda()) return forward_pass_cuda(pass);
 #endif
-  TORCH_CHECK(pass.z.is_cpu(), "contres: no fused kernel for device ", pass.z.device(), " in this build");
+  TORCH_CHECK(pass.z.is_cpu(), "contres: no fused kernel for device ", pass.z.device().str(), " in this build");
   forward_pass_cpu(pass);
 }
 
@@ -21,7 +21,7 @@ bool run(const GatePass& pass) {  // whether the pass reduced the bias gradient
 #ifdef CONTRES_WITH_CUDA
   if (pass.lam.is_cuda()) return gate_pass_cuda(pass);
 #endif
-  TORCH_CHECK(pass.lam.is_cpu(), "contres: no fused kernel for device ", pass.lam.device(), " in this build");
+  TORCH_CHECK(pass.lam.is_cpu(), "contres: no fused kernel for device ", pass.lam.device().str(), " in this build");
   return gate_pass_cpu(pass);
 }
 
@@ -29,7 +29,7 @@ void run(const TvForwardPass& pass) {
 #ifdef CONTRES_WITH_CUDA
   if (pass.z.is_cuda()) return tv_forward_pass_cuda(pass);
 #endif
-  TORCH_CHECK(pass.z.is_cpu(), "contres: no fused kernel for device ", pass.z.device(), " in this build");
+  TORCH_CHECK(pass.z.is_cpu(), "contres: no fused kernel for device ", pass.z.device().str(), " in this build");
   tv_forward_pass_cpu(pass);
 }
 
@@ -37,7 +37,7 @@ void run(const TvGatePass& pass) {
 #ifdef CONTRES_WITH_CUDA
   if (pass.lam.is_cuda()) return tv_gate_pass_cuda(pass);
 #endif
-  TORCH_CHECK(pass.lam.is_cpu(), "contres: no fused kernel for device ", pass.lam.device(), " in this build");
+  TORCH_CHECK(pass.lam.is_cpu(), "contres: no fused kernel for device ", pass.lam.device().str(), " in this build");
   tv_gate_pass_cpu(pass);
 }
 

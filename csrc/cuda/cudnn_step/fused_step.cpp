@@ -62,8 +62,8 @@ bool state_operand(const at::Tensor& t, const at::Tensor& ref, at::ScalarType dt
   TORCH_CHECK(t.defined(), "contres cudnn_fusion: ", name, " is undefined");
   TORCH_CHECK(t.sizes() == ref.sizes(), "contres cudnn_fusion: ", name, " has shape ", t.sizes(), ", expected ",
               ref.sizes());
-  TORCH_CHECK(t.device() == ref.device(), "contres cudnn_fusion: ", name, " is on ", t.device(), ", expected ",
-              ref.device());
+  TORCH_CHECK(t.device() == ref.device(), "contres cudnn_fusion: ", name, " is on ", t.device().str(), ", expected ",
+              ref.device().str());
   TORCH_CHECK(t.scalar_type() == dtype, "contres cudnn_fusion: ", name, " has dtype ", t.scalar_type(), ", expected ",
               dtype);
   return t.is_contiguous(at::MemoryFormat::ChannelsLast) && aligned16(t);
@@ -81,7 +81,7 @@ bool filter_operand(const at::Tensor& K, const at::Tensor& u) {
 
 bool vector_operand(const at::Tensor& v, const at::Tensor& u, at::ScalarType dtype, const char* name) {
   TORCH_CHECK(v.dim() == 1 && v.size(0) == u.size(1) && v.device() == u.device() && v.scalar_type() == dtype,
-              "contres cudnn_fusion: ", name, " must be (", u.size(1), ") of dtype ", dtype, " on ", u.device());
+              "contres cudnn_fusion: ", name, " must be (", u.size(1), ") of dtype ", dtype, " on ", u.device().str());
   return v.is_contiguous() && aligned16(v);
 }
 
@@ -308,7 +308,7 @@ bool run_wgrad(const at::Tensor& u, const at::Tensor& g, const at::Tensor& dK_ou
   const auto dt = u.scalar_type();
   TORCH_CHECK(dK_out.defined() && dK_out.dim() == 4 && dK_out.size(0) == u.size(1) && dK_out.size(1) == u.size(1) &&
                   dK_out.size(2) == dK_out.size(3) && dK_out.size(2) % 2 == 1 && dK_out.device() == u.device(),
-              "contres cudnn_fusion: dK_out must be (C, C, k, k) with C = ", u.size(1), ", odd k, on ", u.device());
+              "contres cudnn_fusion: dK_out must be (C, C, k, k) with C = ", u.size(1), ", odd k, on ", u.device().str());
   TORCH_CHECK(dK_out.scalar_type() == at::kFloat || dK_out.scalar_type() == dt,
               "contres cudnn_fusion: dK_out must be float32 or ", dt);
   const bool krsc = dK_out.is_contiguous(at::MemoryFormat::ChannelsLast);
