@@ -138,3 +138,21 @@ def run_block(x, weight, bias, grad_out=None, **kwargs):
     inputs = [t for t in (x, weight, bias) if t.requires_grad]
     gs = iter(torch.autograd.grad(y, inputs, grad_out))
     return y, tuple(next(gs) if t.requires_grad else None for t in (x, weight, bias))
+
+
+def compare_with_reference(device, dtype, *, B, C, H, W, N, M, k, layer, activation, interp, checkpoint=False,
+                           T=1.0, seed=0, scale=0.3, norm="none", method="euler", memory="states"):
+    """The fused block against the reference on one configuration: the output and the gradients wrt x, weight and
+    bias under a random upstream gradient, with the dtype's tolerance; the block must move the state (so that a
+    block doing nothing cannot pass a loose comparison of x with itself)."""
+    x, w, b = make_inputs(B, C, H, W, M, k, dtype=dtype, device=device, seed=seed, scale=scale)
+    kw = dict(T=T, n_steps=N, layer=layer, activation=activation, interp=interp, norm=norm, method=method)
+    gy = random_like(x, seed=seed + 1)
+    y_ref, g_ref = run_block(x, w, b, gy, backend="reference", **kw)
+    y, g = run_block(x, w, b, gy, backend="fused", checkpoint=checkpoint, memory=memory, **kw)
+    assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
+    assert (y_ref - x).abs().max() > 1e-3 * x.abs().max(), "the block must move the state"
+    assert_close_rel(y, y_ref, tol_for(dtype), "output")
+    for name, gf, gr in zip(("grad x", "grad weight", "grad bias"), g, g_ref):
+        assert gf.shape == gr.shape and gf.dtype == gr.dtype
+        assert_close_rel(gf, gr, tol_for(dtype, grad=True), name)

@@ -14,24 +14,11 @@ import torch
 
 import contres
 from contres import reference
-from conftest import (ACTIVATIONS, INTERPS, LAYERS, assert_close_rel, make_inputs, random_like, rel_err,
-                      run_block, tol_for)
+from conftest import (ACTIVATIONS, INTERPS, LAYERS, assert_close_rel, compare_with_reference, make_inputs,
+                      random_like, rel_err, run_block, tol_for)
 
 
-def compare(device, dtype, *, B, C, H, W, N, M, k, layer, activation, interp, checkpoint=False, T=1.0, seed=0,
-            scale=0.3, norm="none"):
-    x, w, b = make_inputs(B, C, H, W, M, k, dtype=dtype, device=device, seed=seed, scale=scale)
-    kw = dict(T=T, n_steps=N, layer=layer, activation=activation, interp=interp, norm=norm)
-    gy = random_like(x, seed=seed + 1)
-    y_ref, g_ref = run_block(x, w, b, gy, backend="reference", **kw)
-    y, g = run_block(x, w, b, gy, backend="fused", checkpoint=checkpoint, **kw)
-    assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
-    # a block that does nothing would pass a loose comparison of x with itself: make sure it moved
-    assert (y_ref - x).abs().max() > 1e-3 * x.abs().max()
-    assert_close_rel(y, y_ref, tol_for(dtype), "output")
-    for name, gf, gr in zip(("grad x", "grad weight", "grad bias"), g, g_ref):
-        assert gf.shape == gr.shape and gf.dtype == gr.dtype
-        assert_close_rel(gf, gr, tol_for(dtype, grad=True), name)
+compare = compare_with_reference
 
 
 # ---------------------------------------------------------------------------------------------- full cross product

@@ -12,25 +12,17 @@ import torch
 import contres
 import contres.models
 from contres import reference
-from conftest import (ACTIVATIONS, INTERPS, LAYERS, assert_close_rel, make_inputs, random_like, run_block,
-                      tol_for)
+from conftest import (ACTIVATIONS, INTERPS, LAYERS, assert_close_rel, compare_with_reference, make_inputs,
+                      random_like, run_block, tol_for)
 
 METHODS = ("euler", "rk4", "leapfrog")
 F = contres.functional
 
 
-def compare(device, dtype, *, method, layer, activation, interp="linear", norm="none", checkpoint=False,
-            memory="states", B=2, C=3, H=5, W=7, N=4, M=3, k=3, T=0.9, seed=0, scale=0.3):
-    x, w, b = make_inputs(B, C, H, W, M, k, dtype=dtype, device=device, seed=seed, scale=scale)
-    kw = dict(T=T, n_steps=N, layer=layer, activation=activation, interp=interp, norm=norm, method=method)
-    gy = random_like(x, seed=seed + 1)
-    y_ref, g_ref = run_block(x, w, b, gy, backend="reference", **kw)
-    y, g = run_block(x, w, b, gy, backend="fused", checkpoint=checkpoint, memory=memory, **kw)
-    assert (y_ref - x).abs().max() > 1e-3 * x.abs().max(), "the block must move the state"
-    assert_close_rel(y, y_ref, tol_for(dtype), "output")
-    for name, gf, gr in zip(("grad x", "grad weight", "grad bias"), g, g_ref):
-        assert gf.shape == gr.shape and gf.dtype == gr.dtype
-        assert_close_rel(gf, gr, tol_for(dtype, grad=True), name)
+def compare(device, dtype, *, method, layer, activation, interp="linear", B=2, C=3, H=5, W=7, N=4, M=3, k=3,
+            T=0.9, **kw):
+    compare_with_reference(device, dtype, B=B, C=C, H=H, W=W, N=N, M=M, k=k, layer=layer, activation=activation,
+                           interp=interp, T=T, method=method, **kw)
 
 
 @pytest.mark.parametrize("interp", INTERPS)

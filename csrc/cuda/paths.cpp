@@ -30,7 +30,7 @@ bool use_fused(const PathSettings& s) {
 }
 
 // Formatted without streams (see describe in saved.h); h enters by its bits, so steps that differ in one bit differ.
-std::string graph_key(const at::Tensor& x, const at::Tensor& weight, const Call& c, const char* conv) {
+std::string graph_key(const at::Tensor& x, const at::Tensor& weight, const Call& c, const std::string& conv) {
   uint64_t h_bits = 0;
   std::memcpy(&h_bits, &c.h, sizeof h_bits);
   std::string key = std::string(name_of(c.cfg.method)) + '|' + name_of(c.cfg.layer) + '|' + name_of(c.cfg.act) + '|' +
@@ -41,44 +41,57 @@ std::string graph_key(const at::Tensor& x, const at::Tensor& weight, const Call&
          conv;
 }
 
+// The call with the convolution path of the current settings, the path's name, and whether to use graphs.
+struct Chosen {
+  Call call;
+  std::string conv;
+  bool graphs;
+};
+
+Chosen choose(const Call& plain) {
+  const PathSettings s = path_settings();
+  Chosen c{plain, "", use_graphs(s)};
+  c.call.fused_conv = use_fused(s);
+  c.conv = c.call.fused_conv ? "fused" : "aten";
+  return c;
+}
+
 }  // namespace
 
 ForwardResult cuda_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                            const Call& plain) {
-  const PathSettings s = path_settings();
-  Call call = plain;
-  call.fused_conv = use_fused(s);
-  const char* conv = call.fused_conv ? "fused" : "aten";
-  if (use_graphs(s)) {
+  const Chosen chosen = choose(plain);
+  const Call& call = chosen.call;
+  const std::string& conv = chosen.conv;
+  if (chosen.graphs) {
     auto body = [&call](const at::Tensor& xs, const at::Tensor& ws, const at::Tensor& bs) {
       return forward_impl(xs, ws, bs, call);
     };
     if (auto r = cuda_graphs::forward(graph_key(x, weight, call, conv), x, weight, bias, body)) {
-      record_path(Direction::Forward, std::string("cuda:") + conv + "+graph");
+      record_path(Direction::Forward, "cuda:" + conv + "+graph");
       return *r;
     }
   }
-  record_path(Direction::Forward, std::string("cuda:") + conv);
+  record_path(Direction::Forward, "cuda:" + conv);
   return forward_impl(x, weight, bias, call);
 }
 
 BackwardResult cuda_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
                              const at::Tensor& bias, const at::Tensor& states, const at::Tensor& aux,
                              const Call& plain) {
-  const PathSettings s = path_settings();
-  Call call = plain;
-  call.fused_conv = use_fused(s);
-  const char* conv = call.fused_conv ? "fused" : "aten";
-  if (use_graphs(s)) {
+  const Chosen chosen = choose(plain);
+  const Call& call = chosen.call;
+  const std::string& conv = chosen.conv;
+  if (chosen.graphs) {
     auto body = [&](const at::Tensor& g, const at::Tensor& xs, const at::Tensor& ws, const at::Tensor& bs) {
       return backward_impl(g, xs, ws, bs, states, aux, call);
     };
     if (auto r = cuda_graphs::backward(grad_out, x, weight, bias, states, aux, body)) {
-      record_path(Direction::Backward, std::string("cuda:") + conv + "+graph");
+      record_path(Direction::Backward, "cuda:" + conv + "+graph");
       return *r;
     }
   }
-  record_path(Direction::Backward, std::string("cuda:") + conv);
+  record_path(Direction::Backward, "cuda:" + conv);
   return backward_impl(grad_out, x, weight, bias, states, aux, call);
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -65,6 +66,16 @@ __device__ __forceinline__ T block_sum(T v) {
   if (warp == 0)
     for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
   return v;
+}
+
+// An optional operand's data pointer (null when undefined).
+template <typename T>
+const T* cptr(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+template <typename T>
+T* mptr(const at::Tensor& t) {
+  return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
 }
 
 inline int64_t grid_for(int64_t work, int threads) {

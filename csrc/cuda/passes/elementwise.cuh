@@ -17,15 +17,6 @@
 namespace contres {
 namespace cuda_detail {
 
-template <typename T>
-const T* cptr(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<T>() : nullptr;
-}
-template <typename T>
-T* mptr(const at::Tensor& t) {
-  return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
-}
-
 template <typename scalar_t>
 struct ForwardArgs {
   using opmath_t = at::opmath_type<scalar_t>;

@@ -44,6 +44,19 @@ __device__ __forceinline__ T group_sum(T v) {
   return v;
 }
 
+// 1 / sqrt(sum_c z_c^2 + eps) of the pixel at z, from the G lanes that share it (lane sub takes channels sub,
+// sub + G, ...); every lane of the warp must call it, those without a pixel (live false) too.
+template <int G, typename opmath_t, typename scalar_t>
+__device__ __forceinline__ opmath_t inverse_length(const scalar_t* z, int64_t C, int sub, bool live) {
+  opmath_t ss = 0;
+  if (live)
+    for (int64_t c = sub; c < C; c += G) {
+      const opmath_t zc = static_cast<opmath_t>(z[c]);
+      ss += zc * zc;
+    }
+  return opmath_t(1) / ::sqrt(group_sum<G>(ss) + static_cast<opmath_t>(kTvEps));
+}
+
 template <typename scalar_t>
 struct TvForwardArgs {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -65,13 +78,7 @@ __global__ void tv_forward_kernel(const TvForwardArgs<scalar_t> a) {
     const int64_t px = base + lane / G;
     const bool live = px < a.pixels;
     const int64_t o = px * a.C;
-    opmath_t ss = 0;
-    if (live)
-      for (int64_t c = sub; c < a.C; c += G) {
-        const opmath_t zc = static_cast<opmath_t>(a.z[o + c]);
-        ss += zc * zc;
-      }
-    const opmath_t inv_r = opmath_t(1) / ::sqrt(group_sum<G>(ss) + static_cast<opmath_t>(kTvEps));
+    const opmath_t inv_r = inverse_length<G, opmath_t>(a.z + o, a.C, sub, live);
     if (!live) continue;
     for (int64_t c = sub; c < a.C; c += G) {
       const int64_t i = o + c;
@@ -115,13 +122,7 @@ __global__ void tv_gate_kernel(const TvGateArgs<scalar_t> a) {
     const int64_t px = base + lane / G;
     const bool live = px < a.pixels;
     const int64_t o = px * a.C;
-    opmath_t ss = 0;
-    if (live)
-      for (int64_t c = sub; c < a.C; c += G) {
-        const opmath_t zc = static_cast<opmath_t>(a.z[o + c]);
-        ss += zc * zc;
-      }
-    const opmath_t inv_r = opmath_t(1) / ::sqrt(group_sum<G>(ss) + static_cast<opmath_t>(kTvEps));
+    const opmath_t inv_r = inverse_length<G, opmath_t>(a.z + o, a.C, sub, live);
     opmath_t dot = 0;
     if (live)
       for (int64_t c = sub; c < a.C; c += G) {
@@ -160,15 +161,6 @@ void dispatch_group(int64_t C, const Fn& fn) {
 int64_t tv_blocks(int64_t pixels, int G) {
   const int64_t pixels_per_block = int64_t(kThreads / 32) * (32 / G);
   return grid_for(pixels, static_cast<int>(pixels_per_block));
-}
-
-template <typename T>
-const T* cptr(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<T>() : nullptr;
-}
-template <typename T>
-T* mptr(const at::Tensor& t) {
-  return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
 }
 
 }  // namespace
