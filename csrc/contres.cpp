@@ -75,8 +75,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_paths", [] {
     const contres::PathSettings s = contres::path_settings();
     py::dict d;
-    d["conv"] = contres::conv_path_name(s.conv);
-    d["graphs"] = contres::graph_mode_name(s.graphs);
+    d["conv"] = contres::name_of(s.conv);
+    d["graphs"] = contres::name_of(s.graphs);
     return d;
   });
   m.def("last_paths", [] {

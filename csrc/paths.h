@@ -4,21 +4,30 @@
 // CONTRES_CUDA_GRAPHS environment variables), else "auto".
 #pragma once
 
+#include <array>
 #include <string>
+
+#include "config.h"
 
 namespace contres {
 
-enum class ConvPath { Auto, Aten, Fused };
-enum class GraphMode { Auto, On, Off };
+enum class ConvPath : int64_t { Auto, Aten, Fused };
+enum class GraphMode : int64_t { Auto, On, Off };
+template <> struct Names<ConvPath> {
+  static constexpr const char* what = "the CUDA convolution path";
+  static constexpr std::array<const char*, 3> all = {"auto", "aten", "fused"};
+};
+template <> struct Names<GraphMode> {
+  static constexpr const char* what = "CUDA graphs";
+  static constexpr std::array<const char*, 3> all = {"auto", "on", "off"};
+};
 
 struct PathSettings {
   ConvPath conv = ConvPath::Auto;
   GraphMode graphs = GraphMode::Auto;
 };
 PathSettings path_settings();
-void set_path_settings(const std::string& conv, const std::string& graphs);  // names as in the enums, lower case
-std::string conv_path_name(ConvPath p);
-std::string graph_mode_name(GraphMode g);
+void set_path_settings(const std::string& conv, const std::string& graphs);  // parsed by parse<E> (config.h)
 
 enum class Direction { Forward, Backward };
 // What the latest call on this thread ran, e.g. "cpu", "cuda:aten", "cuda:aten+graph".
