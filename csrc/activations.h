@@ -91,4 +91,18 @@ decltype(auto) dispatch_aux(Aux aux, Fn&& fn) {
   TORCH_CHECK(false, "contres: internal error: no elementwise pass for aux kind ", static_cast<int64_t>(aux));
 }
 
+// Calls fn(act_tag, aux_tag), both compile-time constants, for a pair that Reachable (config.h) allows, else raises
+// an internal error: the device passes instantiate only the pairs the table can produce.
+template <bool (*Reachable)(Act, Aux), typename Fn>
+void dispatch_reachable(Act act, Aux aux, const Fn& fn) {
+  dispatch_activation(act, [&](auto a) {
+    constexpr Act A = decltype(a)::value;
+    dispatch_aux(aux, [&](auto k) {
+      constexpr Aux K = decltype(k)::value;
+      if constexpr (Reachable(A, K)) fn(a, k);
+      else TORCH_CHECK(false, "contres: internal error: no fused pass for ", name_of(A), " with aux ", name_of(K));
+    });
+  });
+}
+
 }  // namespace contres

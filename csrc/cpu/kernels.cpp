@@ -322,22 +322,16 @@ void forward_pass_cpu(const ForwardPass& a) {
   const Aux kind = a.aux.defined() ? a.aux_kind : Aux::None;
   if (!out && !out2 && kind == Aux::None) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.z.scalar_type(), "contres_forward_pass_cpu", [&] {
-    dispatch_activation(a.act, [&](auto act) {
-      dispatch_aux(kind, [&](auto aux) {
-        constexpr Act A = decltype(act)::value;
-        constexpr Aux K = decltype(aux)::value;
-        if constexpr (!forward_pass_reachable(A, K)) {
-          TORCH_CHECK(false, "contres: internal error: no forward pass for ", name_of(A), " with aux ", name_of(K));
-        } else {
-          dispatch_bool(out, [&](auto o) {
-            dispatch_bool(x1, [&](auto with_x1) {
-              dispatch_bool(out2, [&](auto o2) {
-                forward_kernel<scalar_t, A, K, decltype(o)::value, decltype(o)::value && decltype(with_x1)::value,
-                               decltype(o2)::value>(a);
-              });
-            });
+    dispatch_reachable<forward_pass_reachable>(a.act, kind, [&](auto act, auto aux) {
+      constexpr Act A = decltype(act)::value;
+      constexpr Aux K = decltype(aux)::value;
+      dispatch_bool(out, [&](auto o) {
+        dispatch_bool(x1, [&](auto with_x1) {
+          dispatch_bool(out2, [&](auto o2) {
+            forward_kernel<scalar_t, A, K, decltype(o)::value, decltype(o)::value && decltype(with_x1)::value,
+                           decltype(o2)::value>(a);
           });
-        }
+        });
       });
     });
   });
@@ -348,22 +342,16 @@ bool gate_pass_cpu(const GatePass& a) {
   const bool bias = a.bias.defined() && a.channels > 0 && a.bias.is_contiguous() && a.bias.numel() == a.channels;
   TORCH_CHECK(!sum || mu, "contres: internal error: the gate's running sum adds mu");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.lam.scalar_type(), "contres_gate_pass_cpu", [&] {
-    dispatch_activation(a.act, [&](auto act) {
-      dispatch_aux(a.aux_kind, [&](auto aux) {
-        constexpr Act A = decltype(act)::value;
-        constexpr Aux K = decltype(aux)::value;
-        if constexpr (!gate_pass_reachable(A, K)) {
-          TORCH_CHECK(false, "contres: internal error: no gate pass for ", name_of(A), " with aux ", name_of(K));
-        } else {
-          dispatch_bool(mu, [&](auto m) {
-            dispatch_bool(sum, [&](auto s) {
-              dispatch_bool(bias, [&](auto with_bias) {
-                gate_kernel<scalar_t, A, K, decltype(m)::value, decltype(m)::value && decltype(s)::value,
-                            decltype(with_bias)::value>(a);
-              });
-            });
+    dispatch_reachable<gate_pass_reachable>(a.act, a.aux_kind, [&](auto act, auto aux) {
+      constexpr Act A = decltype(act)::value;
+      constexpr Aux K = decltype(aux)::value;
+      dispatch_bool(mu, [&](auto m) {
+        dispatch_bool(sum, [&](auto s) {
+          dispatch_bool(bias, [&](auto with_bias) {
+            gate_kernel<scalar_t, A, K, decltype(m)::value, decltype(m)::value && decltype(s)::value,
+                        decltype(with_bias)::value>(a);
           });
-        }
+        });
       });
     });
   });

@@ -158,22 +158,6 @@ __global__ void bias_kernel(const at::opmath_type<scalar_t>* __restrict__ partia
   if (threadIdx.x == 0) out[c] = static_cast<scalar_t>(acc);
 }
 
-// Calls fn(act_tag, aux_tag) for the pair when `reachable` allows it, else raises an internal error.
-template <bool (*Reachable)(Act, Aux), typename Fn>
-void dispatch_reachable(Act act, Aux aux, const Fn& fn) {
-  dispatch_activation(act, [&](auto a) {
-    constexpr Act A = decltype(a)::value;
-    dispatch_aux(aux, [&](auto k) {
-      constexpr Aux K = decltype(k)::value;
-      if constexpr (Reachable(A, K)) fn(a, k);
-      else TORCH_CHECK(false, "contres: internal error: no CUDA pass for ", name_of(A), " with aux ", name_of(K));
-    });
-  });
-}
-
-constexpr bool forward_reachable(Act a, Aux k) { return forward_pass_reachable(a, k); }
-constexpr bool gate_reachable(Act a, Aux k) { return gate_pass_reachable(a, k); }
-
 template <typename scalar_t>
 void forward_launch(const ForwardPass& p) {
   ForwardArgs<scalar_t> a;
@@ -195,7 +179,7 @@ void forward_launch(const ForwardPass& p) {
           aligned8<scalar_t>(a.y0) && aligned8<scalar_t>(a.out) && aligned8<scalar_t>(a.out2) &&
           aligned8<scalar_t>(a.val);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_reachable<forward_reachable>(p.act, kind, [&](auto act, auto aux) {
+  dispatch_reachable<forward_pass_reachable>(p.act, kind, [&](auto act, auto aux) {
     forward_kernel<scalar_t, decltype(act)::value, decltype(aux)::value>
         <<<grid_for(a.chunks, kThreads), kThreads, 0, stream>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -223,7 +207,7 @@ bool gate_launch(const GatePass& p) {
   const bool fuse_bias = p.bias.defined() && C > 0 && C % 8 == 0 && a.vec;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   if (!fuse_bias) {
-    dispatch_reachable<gate_reachable>(p.act, p.aux_kind, [&](auto act, auto aux) {
+    dispatch_reachable<gate_pass_reachable>(p.act, p.aux_kind, [&](auto act, auto aux) {
       gate_kernel<scalar_t, decltype(act)::value, decltype(aux)::value>
           <<<grid_for(a.chunks, kThreads), kThreads, 0, stream>>>(a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -239,7 +223,7 @@ bool gate_launch(const GatePass& p) {
   blocks = (blocks + step - 1) / step * step;
   const at::Tensor partial =
       at::empty({blocks * kThreads * 8}, p.lam.options().dtype(c10::CppTypeToScalarType<opmath_t>::value));
-  dispatch_reachable<gate_reachable>(p.act, p.aux_kind, [&](auto act, auto aux) {
+  dispatch_reachable<gate_pass_reachable>(p.act, p.aux_kind, [&](auto act, auto aux) {
     gate_bias_kernel<scalar_t, decltype(act)::value, decltype(aux)::value>
         <<<blocks, kThreads, 0, stream>>>(a, partial.mutable_data_ptr<opmath_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
