@@ -12,21 +12,26 @@
 
 namespace contres {
 
-// One evaluation of the single layer's f = act(z), or of the identity (f = z) for double_sym's update and the
-// methods' linear combinations, into up to two outputs:
+// What a forward pass writes of its f, as the linear combinations the methods make of it:
 //   out  = c0 * x0 + c1 * x1 + alpha * f    when out is defined (x1 may be undefined)
 //   out2 = y0 + beta * f                    when out2 is defined
-//   aux  = what the backward needs of z     when aux is defined: Mask, the sign bits of z; Value, f
-// (act, aux_kind) must be forward_pass_reachable (config.h). out may alias x0 or x1, and out2 y0: every element
-// is read before it is written.
-struct ForwardPass {
-  at::Tensor z;
-  Act act = Act::Identity;
-  Aux aux_kind = Aux::None;
+// out may alias x0 or x1, and out2 y0: every element is read before it is written.
+struct Combination {
   at::Tensor out, x0, x1;
   double c0 = 1, c1 = 0, alpha = 0;
   at::Tensor out2, y0;
   double beta = 0;
+  bool any() const { return out.defined() || out2.defined(); }
+};
+
+// One evaluation of the single layer's f = act(z), or of the identity (f = z) for double_sym's update and the
+// methods' linear combinations: writes `comb`, and aux = what the backward needs of z when aux is defined (Mask,
+// the sign bits of z; Value, f). (act, aux_kind) must be forward_pass_reachable (config.h).
+struct ForwardPass {
+  at::Tensor z;
+  Act act = Act::Identity;
+  Aux aux_kind = Aux::None;
+  Combination comb;
   at::Tensor aux;
 };
 
@@ -50,15 +55,12 @@ struct GatePass {
 };
 
 // Norm "tv", per pixel over its C channels (contiguous in channels_last): n = z / r, r = sqrt(sum_c z^2 + kTvEps),
-// a = act(n). Forward: out / out2 as ForwardPass with f = a; a_out = a (may alias z); z_keep = z (the Pre aux).
+// a = act(n). Forward: comb with f = a; a_out = a (may alias z); z_keep = z (the Pre aux).
 struct TvForwardPass {
   at::Tensor z;
   int64_t channels = 0;
   Act act = Act::Identity;
-  at::Tensor out, x0, x1;
-  double c0 = 1, c1 = 0, alpha = 0;
-  at::Tensor out2, y0;
-  double beta = 0;
+  Combination comb;
   at::Tensor a_out, z_keep;
 };
 // Adjoint: v = lam + c_mu * mu, w = scale * act'(n) * v, g = dL/dz = (w - n (n . w)) / r; sum_out = sum_in + mu

@@ -158,15 +158,15 @@ template <typename scalar_t, Act A, Aux K, bool kOut, bool kX1, bool kOut2>
 void forward_kernel(const ForwardPass& a) {
   using opmath_t = at::opmath_type<scalar_t>;
   const ForwardPtrs<scalar_t> base{a.z.const_data_ptr<scalar_t>(),
-                                   kOut ? a.out.mutable_data_ptr<scalar_t>() : nullptr,
-                                   kOut2 ? a.out2.mutable_data_ptr<scalar_t>() : nullptr,
+                                   kOut ? a.comb.out.mutable_data_ptr<scalar_t>() : nullptr,
+                                   kOut2 ? a.comb.out2.mutable_data_ptr<scalar_t>() : nullptr,
                                    K == Aux::Value ? a.aux.mutable_data_ptr<scalar_t>() : nullptr,
-                                   kOut ? a.x0.const_data_ptr<scalar_t>() : nullptr,
-                                   kX1 ? a.x1.const_data_ptr<scalar_t>() : nullptr,
-                                   kOut2 ? a.y0.const_data_ptr<scalar_t>() : nullptr,
+                                   kOut ? a.comb.x0.const_data_ptr<scalar_t>() : nullptr,
+                                   kX1 ? a.comb.x1.const_data_ptr<scalar_t>() : nullptr,
+                                   kOut2 ? a.comb.y0.const_data_ptr<scalar_t>() : nullptr,
                                    K == Aux::Mask ? a.aux.mutable_data_ptr<uint8_t>() : nullptr};
-  const std::array<opmath_t, 4> c{static_cast<opmath_t>(a.c0), static_cast<opmath_t>(a.c1),
-                                  static_cast<opmath_t>(a.alpha), static_cast<opmath_t>(a.beta)};
+  const std::array<opmath_t, 4> c{static_cast<opmath_t>(a.comb.c0), static_cast<opmath_t>(a.comb.c1),
+                                  static_cast<opmath_t>(a.comb.alpha), static_cast<opmath_t>(a.comb.beta)};
   Segments(a.z.numel()).parallel([&](int64_t e, int64_t n) {
     ForwardPtrs<scalar_t> p = base;
     p.z += e;
@@ -318,7 +318,7 @@ void dispatch_bool(bool value, const Fn& fn) {
 }  // namespace
 
 void forward_pass_cpu(const ForwardPass& a) {
-  const bool out = a.out.defined(), x1 = out && a.x1.defined(), out2 = a.out2.defined();
+  const bool out = a.comb.out.defined(), x1 = out && a.comb.x1.defined(), out2 = a.comb.out2.defined();
   const Aux kind = a.aux.defined() ? a.aux_kind : Aux::None;
   if (!out && !out2 && kind == Aux::None) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.z.scalar_type(), "contres_forward_pass_cpu", [&] {

@@ -173,13 +173,13 @@ const T* const_ptr_or_null(const at::Tensor& t) {
 void tv_forward_pass_cpu(const TvForwardPass& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.z.scalar_type(), "contres_tv_forward_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    const TvForwardPixel<scalar_t> base{a.z.const_data_ptr<scalar_t>(), const_ptr_or_null<scalar_t>(a.x0),
-                                        a.out.defined() ? const_ptr_or_null<scalar_t>(a.x1) : nullptr,
-                                        const_ptr_or_null<scalar_t>(a.y0), ptr_or_null<scalar_t>(a.out),
-                                        ptr_or_null<scalar_t>(a.out2), ptr_or_null<scalar_t>(a.a_out),
+    const TvForwardPixel<scalar_t> base{a.z.const_data_ptr<scalar_t>(), const_ptr_or_null<scalar_t>(a.comb.x0),
+                                        a.comb.out.defined() ? const_ptr_or_null<scalar_t>(a.comb.x1) : nullptr,
+                                        const_ptr_or_null<scalar_t>(a.comb.y0), ptr_or_null<scalar_t>(a.comb.out),
+                                        ptr_or_null<scalar_t>(a.comb.out2), ptr_or_null<scalar_t>(a.a_out),
                                         ptr_or_null<scalar_t>(a.z_keep)};
-    const opmath_t k[4] = {static_cast<opmath_t>(a.c0), static_cast<opmath_t>(a.c1), static_cast<opmath_t>(a.alpha),
-                           static_cast<opmath_t>(a.beta)};
+    const opmath_t k[4] = {static_cast<opmath_t>(a.comb.c0), static_cast<opmath_t>(a.comb.c1),
+                           static_cast<opmath_t>(a.comb.alpha), static_cast<opmath_t>(a.comb.beta)};
     const int64_t C = a.channels;
     auto at_pixel = [](auto p, int64_t o) {
       auto shift = [o](auto q) { return q ? q + o : q; };

@@ -94,12 +94,10 @@ void Stages::forward(const at::Tensor& U, const at::Tensor& K, const at::Tensor&
         as_state(aux_out).copy_(z);
         return;
       }
-      TvForwardPass pass{z, p_.C, cfg.act, comb.out, comb.x0, comb.x1, comb.c0, comb.c1, comb.alpha,
-                         comb.out2, comb.y0, comb.beta, {}, as_state(aux_out)};
+      TvForwardPass pass{z, p_.C, cfg.act, comb, {}, as_state(aux_out)};
       return run(pass);
     }
-    ForwardPass pass{z, cfg.act, aux_out.defined() ? cfg.aux() : Aux::None, comb.out, comb.x0, comb.x1, comb.c0,
-                     comb.c1, comb.alpha, comb.out2, comb.y0, comb.beta, aux_out};
+    ForwardPass pass{z, cfg.act, aux_out.defined() ? cfg.aux() : Aux::None, comb, aux_out};
     return run(pass);
   }
   // double_sym: a = act(z) (after the tv normalisation), then f = -convT(a, K).
@@ -119,8 +117,9 @@ void Stages::forward(const at::Tensor& U, const at::Tensor& K, const at::Tensor&
     at::add_out(out, comb.x0, y, -comb.alpha);
     return;
   }
-  ForwardPass pass{y.contiguous(kLayout), Act::Identity, Aux::None, comb.out, comb.x0, comb.x1, comb.c0, comb.c1,
-                   -comb.alpha, comb.out2, comb.y0, -comb.beta, {}};
+  Combination negated = comb;  // f = -y
+  negated.alpha = -comb.alpha, negated.beta = -comb.beta;
+  ForwardPass pass{y.contiguous(kLayout), Act::Identity, Aux::None, negated, {}};
   run(pass);
 }
 
@@ -206,7 +205,7 @@ at::Tensor Stages::fused_finish(const at::Tensor&, const Pending&) {
 
 void Stages::lincomb(const at::Tensor& out, const at::Tensor& x0, double c0, const at::Tensor& x1, double c1,
                      const at::Tensor& z, double alpha) {
-  ForwardPass pass{z, Act::Identity, Aux::None, out, x0, x1, c0, c1, alpha, {}, {}, 0, {}};
+  ForwardPass pass{z, Act::Identity, Aux::None, {out, x0, x1, c0, c1, alpha}, {}};
   run(pass);
 }
 

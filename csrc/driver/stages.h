@@ -10,6 +10,7 @@
 #include <functional>
 
 #include "../config.h"
+#include "../kernels.h"  // Combination: what a forward evaluation writes
 
 namespace contres {
 
@@ -29,16 +30,6 @@ struct Problem {
 constexpr at::MemoryFormat kLayout = at::MemoryFormat::ChannelsLast;
 
 at::Tensor empty_state(const Problem& p);  // one state-sized tensor in the internal layout
-
-// What a forward evaluation of f at U writes, as linear combinations of f (see ForwardPass in kernels.h):
-//   out = c0 * x0 + c1 * x1 + alpha * f,  out2 = y0 + beta * f   (each when defined)
-struct Combination {
-  at::Tensor out, x0, x1;
-  double c0 = 1, c1 = 0, alpha = 0;
-  at::Tensor out2, y0;
-  double beta = 0;
-  bool any() const { return out.defined() || out2.defined(); }
-};
 
 // The upstream of one evaluation's adjoint: dL/df = scale * (lam + c_mu * mu); the same pass also forms the
 // methods' running sum sum_out = sum_in + mu (sum_in undefined: lam) when sum_out is defined.

@@ -12,6 +12,8 @@
 
 #include <cuda_runtime.h>
 
+#include "../../kernels.h"
+
 namespace contres {
 namespace cuda_detail {
 
@@ -76,6 +78,19 @@ const T* cptr(const at::Tensor& t) {
 template <typename T>
 T* mptr(const at::Tensor& t) {
   return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
+}
+
+// A Combination (kernels.h) into a kernel's arguments of the same names: pointers (x0, x1 only with out) and
+// coefficients.
+template <typename scalar_t, typename Args>
+void set_combination(Args& a, const Combination& c) {
+  const bool out = c.out.defined();
+  a.x0 = out ? cptr<scalar_t>(c.x0) : nullptr;
+  a.x1 = out ? cptr<scalar_t>(c.x1) : nullptr;
+  a.y0 = cptr<scalar_t>(c.y0);
+  a.out = mptr<scalar_t>(c.out);
+  a.out2 = mptr<scalar_t>(c.out2);
+  a.c0 = c.c0, a.c1 = c.c1, a.alpha = c.alpha, a.beta = c.beta;
 }
 
 inline int64_t grid_for(int64_t work, int threads) {

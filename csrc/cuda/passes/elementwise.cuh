@@ -161,17 +161,11 @@ __global__ void bias_kernel(const at::opmath_type<scalar_t>* __restrict__ partia
 template <typename scalar_t>
 void forward_launch(const ForwardPass& p) {
   ForwardArgs<scalar_t> a;
-  const bool out = p.out.defined();
   a.z = p.z.const_data_ptr<scalar_t>();
-  a.x0 = out ? cptr<scalar_t>(p.x0) : nullptr;
-  a.x1 = out ? cptr<scalar_t>(p.x1) : nullptr;
-  a.y0 = cptr<scalar_t>(p.y0);
-  a.out = mptr<scalar_t>(p.out);
-  a.out2 = mptr<scalar_t>(p.out2);
+  set_combination<scalar_t>(a, p.comb);
   const Aux kind = p.aux.defined() ? p.aux_kind : Aux::None;
   a.val = kind == Aux::Value ? p.aux.mutable_data_ptr<scalar_t>() : nullptr;
   a.mask = kind == Aux::Mask ? p.aux.mutable_data_ptr<uint8_t>() : nullptr;
-  a.c0 = p.c0, a.c1 = p.c1, a.alpha = p.alpha, a.beta = p.beta;
   a.n = p.z.numel();
   a.chunks = (a.n + 7) / 8;
   if (!a.out && !a.out2 && kind == Aux::None) return;

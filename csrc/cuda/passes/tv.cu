@@ -171,14 +171,9 @@ void tv_forward_pass_cuda(const TvForwardPass& p) {
   if (p.z.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.z.scalar_type(), "contres_tv_forward_cuda", [&] {
     TvForwardArgs<scalar_t> a;
-    const bool out = p.out.defined();
     a.z = p.z.const_data_ptr<scalar_t>();
-    a.x0 = out ? cptr<scalar_t>(p.x0) : nullptr;
-    a.x1 = out ? cptr<scalar_t>(p.x1) : nullptr;
-    a.y0 = cptr<scalar_t>(p.y0);
-    a.out = mptr<scalar_t>(p.out), a.out2 = mptr<scalar_t>(p.out2), a.a_out = mptr<scalar_t>(p.a_out);
-    a.keep = mptr<scalar_t>(p.z_keep);
-    a.c0 = p.c0, a.c1 = p.c1, a.alpha = p.alpha, a.beta = p.beta;
+    set_combination<scalar_t>(a, p.comb);
+    a.a_out = mptr<scalar_t>(p.a_out), a.keep = mptr<scalar_t>(p.z_keep);
     a.C = p.channels, a.pixels = p.z.numel() / p.channels, a.act = p.act;
     const auto stream = c10::cuda::getCurrentCUDAStream();
     dispatch_group(a.C, [&](auto group) {
