@@ -57,6 +57,23 @@ __device__ __forceinline__ opmath_t inverse_length(const scalar_t* z, int64_t C,
   return opmath_t(1) / ::sqrt(group_sum<G>(ss) + static_cast<opmath_t>(kTvEps));
 }
 
+// Walks the pixels, G lanes to a pixel (a warp takes 32 / G pixels a turn), and calls body(o, sub, live, inv_r) on
+// every lane, those without a pixel too (live false: the shuffles need the whole warp). o is the pixel's first
+// element, sub the lane's first channel (it takes sub, sub + G, ...), inv_r the pixel's inverse_length.
+template <int G, typename opmath_t, typename scalar_t, typename Body>
+__device__ __forceinline__ void for_each_pixel(const scalar_t* z, int64_t pixels, int64_t C, const Body& body) {
+  constexpr int kPerWarp = 32 / G;
+  const int lane = threadIdx.x % 32, sub = lane % G;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t base = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32 * kPerWarp; base < pixels;
+       base += warps * kPerWarp) {
+    const int64_t px = base + lane / G;
+    const bool live = px < pixels;
+    const int64_t o = px * C;
+    body(o, sub, live, inverse_length<G, opmath_t>(z + o, C, sub, live));
+  }
+}
+
 template <typename scalar_t>
 struct TvForwardArgs {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -70,16 +87,8 @@ struct TvForwardArgs {
 template <typename scalar_t, int G>
 __global__ void tv_forward_kernel(const TvForwardArgs<scalar_t> a) {
   using opmath_t = at::opmath_type<scalar_t>;
-  constexpr int kPerWarp = 32 / G;
-  const int lane = threadIdx.x % 32, sub = lane % G;
-  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
-  for (int64_t base = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32 * kPerWarp; base < a.pixels;
-       base += warps * kPerWarp) {
-    const int64_t px = base + lane / G;
-    const bool live = px < a.pixels;
-    const int64_t o = px * a.C;
-    const opmath_t inv_r = inverse_length<G, opmath_t>(a.z + o, a.C, sub, live);
-    if (!live) continue;
+  for_each_pixel<G, opmath_t>(a.z, a.pixels, a.C, [&](int64_t o, int sub, bool live, opmath_t inv_r) {
+    if (!live) return;
     for (int64_t c = sub; c < a.C; c += G) {
       const int64_t i = o + c;
       const scalar_t zs = a.z[i];
@@ -96,7 +105,7 @@ __global__ void tv_forward_kernel(const TvForwardArgs<scalar_t> a) {
       if (a.out2) a.out2[i] = static_cast<scalar_t>(r2);
       if (a.a_out) a.a_out[i] = static_cast<scalar_t>(f);  // may alias z: its element was read above
     }
-  }
+  });
 }
 
 template <typename scalar_t>
@@ -114,15 +123,7 @@ struct TvGateArgs {
 template <typename scalar_t, int G>
 __global__ void tv_gate_kernel(const TvGateArgs<scalar_t> a) {
   using opmath_t = at::opmath_type<scalar_t>;
-  constexpr int kPerWarp = 32 / G;
-  const int lane = threadIdx.x % 32, sub = lane % G;
-  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
-  for (int64_t base = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32 * kPerWarp; base < a.pixels;
-       base += warps * kPerWarp) {
-    const int64_t px = base + lane / G;
-    const bool live = px < a.pixels;
-    const int64_t o = px * a.C;
-    const opmath_t inv_r = inverse_length<G, opmath_t>(a.z + o, a.C, sub, live);
+  for_each_pixel<G, opmath_t>(a.z, a.pixels, a.C, [&](int64_t o, int sub, bool live, opmath_t inv_r) {
     opmath_t dot = 0;
     if (live)
       for (int64_t c = sub; c < a.C; c += G) {
@@ -141,13 +142,13 @@ __global__ void tv_gate_kernel(const TvGateArgs<scalar_t> a) {
         dot += n * static_cast<opmath_t>(a.g[i]);  // the stored w, as the second loop reads it
       }
     dot = group_sum<G>(dot);
-    if (!live) continue;
+    if (!live) return;
     for (int64_t c = sub; c < a.C; c += G) {
       const int64_t i = o + c;
       const opmath_t n = static_cast<opmath_t>(a.z[i]) * inv_r;
       a.g[i] = static_cast<scalar_t>((static_cast<opmath_t>(a.g[i]) - n * dot) * inv_r);
     }
-  }
+  });
 }
 
 // Calls fn(std::integral_constant<int, G>{}) for the lanes per pixel that suit C.
