@@ -136,6 +136,31 @@ bool supported_dtype(const at::Tensor& u) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
 }
 
+// The leading operand of a graph (whose shape, device and dtype the others are checked against): anything else
+// leaves the call to the ATen path.
+bool fusable(const at::Tensor& in) { return in.defined() && in.is_cuda() && in.dim() == 4 && supported_dtype(in); }
+
+// ConvAxpy and DgradAdd: out = add + alpha * (the graph's convolution of `in` with K). The names are the caller's.
+bool run_with_addend(GraphKind kind, const at::Tensor& in, const at::Tensor& K, const at::Tensor& add, double alpha,
+                     const at::Tensor& out, std::array<const char*, 3> names) {
+  if (!fusable(in)) return false;
+  const auto dt = in.scalar_type();
+  bool ok = state_operand(in, in, dt, names[0]);
+  ok &= filter_operand(K, in);
+  ok &= state_operand(add, in, dt, names[1]);
+  ok &= state_operand(out, in, dt, names[2]);
+  check_no_overlap(out, {in, K, add}, add, names[2]);
+  if (!ok) return false;
+  auto s = spec_of(kind, in, K.size(2));
+  s.scalar = alpha;
+  Operands ops;
+  ops.ptr[kIn] = in.data_ptr();
+  ops.ptr[kFilter] = K.data_ptr();
+  ops.ptr[kAdd] = add.data_ptr();
+  ops.ptr[kOut] = out.data_ptr();
+  return run(s, in, ops);
+}
+
 }  // namespace
 
 bool supports(at::ScalarType dtype, int64_t C, int64_t kernel_size, Act act) {
@@ -157,7 +182,7 @@ bool supports(at::ScalarType dtype, int64_t C, int64_t kernel_size, Act act) {
 
 bool run_forward_single(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b, double h, Act act,
                         GateInput kind, const at::Tensor& u_next, const at::Tensor& gate_out) {
-  if (!u.defined() || !u.is_cuda() || u.dim() != 4 || !supported_dtype(u)) return false;
+  if (!fusable(u)) return false;
   const auto dt = u.scalar_type();
   bool ok = state_operand(u, u, dt, "u");
   ok &= filter_operand(K, u);
@@ -185,7 +210,7 @@ bool run_forward_single(const at::Tensor& u, const at::Tensor& K, const at::Tens
 
 bool run_conv_bias_act(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b, Act act,
                        const at::Tensor& a_out) {
-  if (!u.defined() || !u.is_cuda() || u.dim() != 4 || !supported_dtype(u)) return false;
+  if (!fusable(u)) return false;
   const auto dt = u.scalar_type();
   bool ok = state_operand(u, u, dt, "u");
   ok &= filter_operand(K, u);
@@ -205,28 +230,13 @@ bool run_conv_bias_act(const at::Tensor& u, const at::Tensor& K, const at::Tenso
 
 bool run_conv_axpy(const at::Tensor& v, const at::Tensor& K, const at::Tensor& base, double alpha,
                    const at::Tensor& y_out) {
-  if (!v.defined() || !v.is_cuda() || v.dim() != 4 || !supported_dtype(v)) return false;
-  const auto dt = v.scalar_type();
-  bool ok = state_operand(v, v, dt, "v");
-  ok &= filter_operand(K, v);
-  ok &= state_operand(base, v, dt, "base");
-  ok &= state_operand(y_out, v, dt, "y_out");
-  check_no_overlap(y_out, {v, K, base}, base, "y_out");
-  if (!ok) return false;
-  auto s = spec_of(GraphKind::ConvAxpy, v, K.size(2));
-  s.scalar = alpha;
-  Operands ops;
-  ops.ptr[kIn] = v.data_ptr();
-  ops.ptr[kFilter] = K.data_ptr();
-  ops.ptr[kAdd] = base.data_ptr();
-  ops.ptr[kOut] = y_out.data_ptr();
-  return run(s, v, ops);
+  return run_with_addend(GraphKind::ConvAxpy, v, K, base, alpha, y_out, {"v", "base", "y_out"});
 }
 
 bool run_dgrad_gate(const at::Tensor& g, const at::Tensor& K, const at::Tensor& lam, const at::Tensor& gate, Act act,
                     GateInput kind, double scale, const at::Tensor& lam_out, const at::Tensor& g_out,
                     const at::Tensor& bias_out) {
-  if (!g.defined() || !g.is_cuda() || g.dim() != 4 || !supported_dtype(g)) return false;
+  if (!fusable(g)) return false;
   const auto dt = g.scalar_type();
   const bool reads_gate = act != Act::Identity && kind != GateInput::None;
   bool ok = state_operand(g, g, dt, "g");
@@ -258,27 +268,12 @@ bool run_dgrad_gate(const at::Tensor& g, const at::Tensor& K, const at::Tensor& 
 
 bool run_dgrad_add(const at::Tensor& g, const at::Tensor& K, const at::Tensor& lam, const at::Tensor& lam_out,
                    double alpha) {
-  if (!g.defined() || !g.is_cuda() || g.dim() != 4 || !supported_dtype(g)) return false;
-  const auto dt = g.scalar_type();
-  bool ok = state_operand(g, g, dt, "g");
-  ok &= filter_operand(K, g);
-  ok &= state_operand(lam, g, dt, "lam");
-  ok &= state_operand(lam_out, g, dt, "lam_out");
-  check_no_overlap(lam_out, {g, K, lam}, lam, "lam_out");
-  if (!ok) return false;
-  auto s = spec_of(GraphKind::DgradAdd, g, K.size(2));
-  s.scalar = alpha;
-  Operands ops;
-  ops.ptr[kIn] = g.data_ptr();
-  ops.ptr[kFilter] = K.data_ptr();
-  ops.ptr[kAdd] = lam.data_ptr();
-  ops.ptr[kOut] = lam_out.data_ptr();
-  return run(s, g, ops);
+  return run_with_addend(GraphKind::DgradAdd, g, K, lam, alpha, lam_out, {"g", "lam", "lam_out"});
 }
 
 bool run_conv_gate(const at::Tensor& v, const at::Tensor& K, const at::Tensor& gate, Act act, GateInput kind,
                    double scale, const at::Tensor& g_out, const at::Tensor& bias_out) {
-  if (!v.defined() || !v.is_cuda() || v.dim() != 4 || !supported_dtype(v)) return false;
+  if (!fusable(v)) return false;
   const auto dt = v.scalar_type();
   const bool reads_gate = act != Act::Identity && kind != GateInput::None;
   bool ok = state_operand(v, v, dt, "v");
@@ -304,7 +299,7 @@ bool run_conv_gate(const at::Tensor& v, const at::Tensor& K, const at::Tensor& g
 }
 
 bool run_wgrad(const at::Tensor& u, const at::Tensor& g, const at::Tensor& dK_out) {
-  if (!u.defined() || !u.is_cuda() || u.dim() != 4 || !supported_dtype(u)) return false;
+  if (!fusable(u)) return false;
   const auto dt = u.scalar_type();
   TORCH_CHECK(dK_out.defined() && dK_out.dim() == 4 && dK_out.size(0) == u.size(1) && dK_out.size(1) == u.size(1) &&
                   dK_out.size(2) == dK_out.size(3) && dK_out.size(2) % 2 == 1 && dK_out.device() == u.device(),
