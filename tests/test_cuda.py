@@ -25,14 +25,10 @@ def _exact_float32():
     torch.backends.cudnn.allow_tf32 = old
 
 
-@pytest.mark.parametrize("layer,activation", list(itertools.product(
-    ("single", "double_sym"), ("identity", "relu", "leaky_relu", "tanh", "sigmoid"))))
-@pytest.mark.parametrize("checkpoint", [False, 2])
-@pytest.mark.parametrize("C", [4, 8], ids=["C4-bias-by-aten", "C8-bias-in-pass"])
-def test_cuda_matches_fused_cpu(layer, activation, checkpoint, C):
-    """CUDA works in channels_last; with C % 8 == 0 its adjoint pass also reduces the bias gradient."""
-    kw = dict(T=0.9, n_steps=5, layer=layer, activation=activation, interp="linear", backend="fused",
-              checkpoint=checkpoint)
+def assert_cuda_matches_cpu(C, grad_tol, **config):
+    """The fused block on CUDA against the fused CPU op, float64, 5 steps of linear controls: output to 1e-12,
+    the gradients wrt x, weight and bias to grad_tol."""
+    kw = dict(T=0.9, n_steps=5, interp="linear", backend="fused", **config)
     x, w, b = make_inputs(B=3, C=C, H=7, W=9, M=3, dtype=torch.float64)
     g = random_like(x)
     y_cpu, grads_cpu = run_block(x, w, b, g, **kw)
@@ -40,7 +36,16 @@ def test_cuda_matches_fused_cpu(layer, activation, checkpoint, C):
     y_gpu, grads_gpu = run_block(xc, wc, bc, g.cuda(), **kw)
     assert_close_rel(y_gpu, y_cpu, 1e-12, "output")
     for name, a, r in zip(("x", "weight", "bias"), grads_gpu, grads_cpu):
-        assert_close_rel(a, r, 1e-11, f"grad {name}")
+        assert_close_rel(a, r, grad_tol, f"grad {name}")
+
+
+@pytest.mark.parametrize("layer,activation", list(itertools.product(
+    ("single", "double_sym"), ("identity", "relu", "leaky_relu", "tanh", "sigmoid"))))
+@pytest.mark.parametrize("checkpoint", [False, 2])
+@pytest.mark.parametrize("C", [4, 8], ids=["C4-bias-by-aten", "C8-bias-in-pass"])
+def test_cuda_matches_fused_cpu(layer, activation, checkpoint, C):
+    """CUDA works in channels_last; with C % 8 == 0 its adjoint pass also reduces the bias gradient."""
+    assert_cuda_matches_cpu(C, 1e-11, layer=layer, activation=activation, checkpoint=checkpoint)
 
 
 @pytest.mark.parametrize("method,memory", [("rk4", "states"), ("leapfrog", "states"), ("leapfrog", "reversible")])
@@ -49,16 +54,8 @@ def test_cuda_matches_fused_cpu(layer, activation, checkpoint, C):
 def test_cuda_methods_match_fused_cpu(method, memory, layer, activation, checkpoint):
     if memory == "reversible" and checkpoint:
         pytest.skip("reversible takes no checkpoint")
-    kw = dict(T=0.9, n_steps=5, layer=layer, activation=activation, interp="linear", backend="fused",
-              checkpoint=checkpoint, method=method, memory=memory)
-    x, w, b = make_inputs(B=3, C=8, H=7, W=9, M=3, dtype=torch.float64)
-    g = random_like(x)
-    y_cpu, grads_cpu = run_block(x, w, b, g, **kw)
-    xc, wc, bc = (t.detach().cuda().requires_grad_() for t in (x, w, b))
-    y_gpu, grads_gpu = run_block(xc, wc, bc, g.cuda(), **kw)
-    assert_close_rel(y_gpu, y_cpu, 1e-12, "output")
-    for name, a, r in zip(("x", "weight", "bias"), grads_gpu, grads_cpu):
-        assert_close_rel(a, r, 1e-10, f"grad {name}")
+    assert_cuda_matches_cpu(8, 1e-10, layer=layer, activation=activation, checkpoint=checkpoint, method=method,
+                            memory=memory)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 100 * 2**30,
