@@ -105,9 +105,9 @@ def _under_grad_transform() -> bool:
         return True
 
 
-def _fused_unavailable(device: torch.device, norm: str = "none"):
+def _fused_unavailable(device: torch.device):
     """Why the fused ops cannot serve this device, or None when they can (every norm has fused kernels on every
-    device with kernels; norm stays in the signature for callers that pass it)."""
+    device with kernels)."""
     if not _ext.has_kernels(device.type):
         return _ext.LOAD_ERROR or f"this build of contres has no {device.type} kernels ({_ext.build_info()})"
     return None
@@ -117,7 +117,7 @@ def resolve_backend(backend: str, device: torch.device, norm: str = "none") -> s
     """'fused' or 'reference' for this device and norm (see ode_block)."""
     if backend == "reference":
         return "reference"
-    reason = _fused_unavailable(device, norm)
+    reason = _fused_unavailable(device)
     if backend == "fused":
         if reason is not None:
             raise RuntimeError(f"backend='fused' is not available for device {device}: {reason}")
