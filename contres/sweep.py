@@ -41,6 +41,9 @@ QUICK = {"epochs": 6, "seeds": 3}
 SWEEP_OWNED = ("n_steps", "n_controls", "seed", "refine_at", "json")  # training options the sweep sets per run
 TRAINING_DEFAULTS = {"dataset": "digits16", "batch_size": 32, "eval_every": 5}
 STAGES = {"euler": 1, "leapfrog": 1, "rk4": 4}  # evaluations of f per step: the cost of a cell, for scheduling
+# the training clocks a run records: (its curve per epoch, its total in a row)
+CLOCKS = {"wall": ("seconds_curve", "train_seconds"), "cpu": ("cpu_seconds_curve", "train_cpu_seconds")}
+CLOCK_LABELS = {"wall": "training seconds", "cpu": "training CPU seconds"}
 
 
 def method_spec(text: str) -> tuple[str, tuple[int, ...] | None]:
@@ -83,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train each method's finest cells by multilevel training, refined after each of "
                         "these epochs (contres.train --refine-at), when its finest n_steps is divisible by 2^L")
     p.add_argument("--jobs", type=int, default=1, help="training runs at a time (processes)")
+    p.add_argument("--clock", choices=tuple(CLOCKS), default=None,
+                   help="the time axis of the plots and tables: wall-clock seconds (default), or the CPU time of "
+                        "each run's process, which a busy machine does not inflate (each digits run has one thread)")
     p.add_argument("--replot", action="store_true",
                    help="only redraw results.md and the plots from the --out folder's results.json")
     return p
@@ -160,10 +166,10 @@ def _job_config(base: argparse.Namespace, job: dict) -> argparse.Namespace:
 
 def _run_job(base: argparse.Namespace, job: dict, data: train.Data) -> dict:
     result = train.run(_job_config(base, job), data=data, log=lambda *_: None)
-    keys = ("test_accuracy", "train_loss", "params", "seconds", "loss_curve", "seconds_curve", "steps_curve",
-            "test_accuracy_curve", "test_epochs", "backend")
-    return {**job, "train_seconds": result["seconds_curve"][-1] if result["seconds_curve"] else 0.0,
-            **{k: result[k] for k in keys}}
+    keys = ("test_accuracy", "train_loss", "params", "seconds", "loss_curve", "seconds_curve", "cpu_seconds_curve",
+            "steps_curve", "test_accuracy_curve", "test_epochs", "backend")
+    totals = {total: result[curve][-1] if result[curve] else 0.0 for curve, total in CLOCKS.values()}
+    return {**job, **totals, **{k: result[k] for k in keys}}
 
 
 _worker_data: train.Data | None = None
@@ -243,19 +249,22 @@ def _curve(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def summarize(rows: list[dict]) -> list[dict]:
+def summarize(rows: list[dict], clock: str = "wall") -> list[dict]:
     """One entry per (method, schedule, n_steps, n_controls): mean and 95 % interval over the seeds of the final
-    test accuracy, training loss and seconds, and of the curves per epoch (the clock: mean over the seeds)."""
+    test accuracy, training loss and seconds, and of the curves per epoch (the clock: mean over the seeds).
+    `clock` ('wall' or 'cpu', see CLOCKS) is the time in train_seconds and seconds_curve."""
+    curve_key, total_key = CLOCKS[clock]
     out = []
     for key in dict.fromkeys(map(_cell_key, rows)):
         group = [r for r in rows if _cell_key(r) == key]
         method, schedule, n, m = key
         entry = {"method": method, "schedule": schedule, "n_steps": n, "n_controls": m, "seeds": len(group),
-                 "params": group[0]["params"], "refine_at": group[0].get("refine_at")}
-        for name in ("test_accuracy", "train_loss", "train_seconds", "seconds"):
+                 "params": group[0]["params"], "refine_at": group[0].get("refine_at"), "clock": clock}
+        for name in ("test_accuracy", "train_loss", "seconds"):
             entry[name], entry[name + "_ci"] = mean_ci(r[name] for r in group)
+        entry["train_seconds"], entry["train_seconds_ci"] = mean_ci(r[total_key] for r in group)
         entry["loss_curve"], entry["loss_curve_ci"] = _curve(group, "loss_curve")
-        entry["seconds_curve"], _ = _curve(group, "seconds_curve")
+        entry["seconds_curve"], _ = _curve(group, curve_key)
         entry["test_accuracy_curve"], entry["test_accuracy_curve_ci"] = _curve(group, "test_accuracy_curve")
         entry["test_epochs"] = group[0]["test_epochs"][:len(entry["test_accuracy_curve"])]
         entry["steps_curve"] = group[0]["steps_curve"]
@@ -295,7 +304,8 @@ def _pm(mean: float, ci: float, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def markdown_table(summary: list[dict], base: argparse.Namespace, seeds: int) -> str:
-    lines = [describe(base, seeds) + ". Seconds: the training clock (without evaluation).", "",
+    clock = "wall-clock time" if summary[0]["clock"] == "wall" else "CPU time of the run's process"
+    lines = [describe(base, seeds) + f". Seconds: training {clock}, without evaluation.", "",
              "| method | schedule | n_steps | n_controls | test accuracy (%) | final train loss | params | seconds |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for e in summary:
@@ -317,10 +327,14 @@ def markdown_table(summary: list[dict], base: argparse.Namespace, seeds: int) ->
             lines.append(f"| {ml['method']} | {ml['n_steps']} | {ml['n_controls']} | {ml['train_seconds']:.1f} | "
                          f"{_pm(ml['train_loss'], ml['train_loss_ci'], digits=4)} | "
                          f"{_pm(ml['test_accuracy'], ml['test_accuracy_ci'], 100)} | "
-                         f"{loss_at(fixed, ml['train_seconds']):.4f} | {fixed['train_seconds']:.1f} | "
+                         f"{_or_dash(loss_at(fixed, ml['train_seconds']))} | {fixed['train_seconds']:.1f} | "
                          f"{_pm(fixed['train_loss'], fixed['train_loss_ci'], digits=4)} | "
                          f"{_pm(fixed['test_accuracy'], fixed['test_accuracy_ci'], 100)} |")
     return "\n".join(lines) + "\n"
+
+
+def _or_dash(loss: float) -> str:
+    return "–" if math.isnan(loss) else f"{loss:.4f}"
 
 
 def series(summary: list[dict], controls) -> dict[str, list[dict]]:
@@ -346,25 +360,34 @@ def _band(ax, x, mean, ci, scale=1.0, **style):
 
 
 def _plot_final(plt, summary, controls, steps, out: Path) -> list[Path]:
-    lines = series(summary, controls)
+    """Final test accuracy and training loss against n_steps: one panel per method, one line per n_controls."""
+    methods = list(dict.fromkeys(e["method"] for e in summary if e["schedule"] == "fixed"))
+    labels = [f"n_controls = {m}" for m in controls] + ["n_controls = n_steps"]
+    colours = {label: f"C{i}" for i, label in enumerate(labels)}
     written = []
     for key, ylabel, scale, name in (("test_accuracy", "final test accuracy (%)", 100.0, "accuracy_vs_steps.png"),
                                      ("train_loss", "final training loss", 1.0, "loss_vs_steps.png")):
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for i, (label, entries) in enumerate(lines.items()):
-            style = "--" if label.endswith("n_steps") else "-"
-            dodge = 2 ** (0.03 * (i - (len(lines) - 1) / 2))  # side by side, so the error bars stay readable
-            ax.errorbar([e["n_steps"] * dodge for e in entries], [scale * e[key] for e in entries],
-                        yerr=[scale * e[key + "_ci"] for e in entries], fmt="o" + style, capsize=3, label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(steps, [str(n) for n in steps])
-        ax.minorticks_off()
-        ax.set_xlabel("n_steps (state layers per block)")
-        ax.set_ylabel(ylabel)
-        if key == "train_loss":
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(title="mean ± 95 % interval over the seeds", fontsize=7, title_fontsize=7)
+        fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods) + 1, 4), sharey=True, squeeze=False)
+        for ax, method in zip(axes[0], methods):
+            lines = {label.removeprefix(f"{method}, "): entries
+                     for label, entries in series(summary, controls).items()
+                     if all(e["method"] == method for e in entries)}
+            for i, (label, entries) in enumerate(lines.items()):
+                dodge = 2 ** (0.03 * (i - (len(lines) - 1) / 2))  # side by side, so the error bars stay readable
+                ax.errorbar([e["n_steps"] * dodge for e in entries], [scale * e[key] for e in entries],
+                            yerr=[scale * e[key + "_ci"] for e in entries], capsize=3, label=label,
+                            fmt="o" + ("--" if label.endswith("n_steps") else "-"), color=colours[label])
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(steps, [str(n) for n in steps])
+            ax.minorticks_off()
+            ax.set_title(method, fontsize=10)
+            ax.set_xlabel("n_steps (state layers per block)")
+            if key == "train_loss":
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel(ylabel)
+        fig.suptitle("mean and 95 % interval over the seeds", fontsize=9)
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
@@ -405,7 +428,7 @@ def _plot_convergence(plt, summary, controls, steps, out: Path) -> list[Path]:
                                  label=f"n_steps = {e['n_steps']}")
                 if key == "loss_curve":
                     ax.set_yscale("log")
-                ax.set_xlabel("epoch" if axis == "epoch" else "training seconds")
+                ax.set_xlabel("epoch" if axis == "epoch" else CLOCK_LABELS[entries[0]["clock"]])
                 ax.grid(alpha=0.3)
                 if col == 0:
                     ax.set_ylabel(ylabel)
@@ -441,7 +464,7 @@ def _plot_multilevel(plt, summary, out: Path) -> list[Path]:
                            alpha=0.3, linestyle=":")
             if key == "loss_curve":
                 ax.set_yscale("log")
-            ax.set_xlabel("epoch" if axis == "epoch" else "training seconds")
+            ax.set_xlabel("epoch" if axis == "epoch" else CLOCK_LABELS[ml["clock"]])
             ax.grid(alpha=0.3)
             if col == 0:
                 ax.set_ylabel(ylabel)
@@ -469,7 +492,7 @@ def plot(summary: list[dict], controls, out: Path) -> list[Path]:
 def report(payload: dict, out: Path) -> list[Path]:
     """Write results.md and the plots from a sweep's payload (what results.json holds); returns the files."""
     base = argparse.Namespace(**payload["config"])
-    summary = summarize(payload["rows"])
+    summary = summarize(payload["rows"], payload["clock"])
     table = markdown_table(summary, base, payload["seeds"])
     (out / "results.md").write_text(table)
     print(table)
@@ -481,6 +504,7 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     if args.replot:
         payload = json.loads((out / "results.json").read_text())
+        payload["clock"] = args.clock or payload.get("clock", "wall")
         files = report(payload, out)
         print(f"redrew {', '.join(p.name for p in files)} from {out / 'results.json'}")
         return payload
@@ -495,7 +519,8 @@ def main(argv=None) -> dict:
     rows = run_jobs(base, jobs, data, args.jobs)
     payload = {"config": {k: v for k, v in vars(base).items() if k not in ("json", "progress")},
                "seeds": args.seeds, "controls": args.controls, "multilevel": args.multilevel, "jobs": args.jobs,
-               "seconds": time.perf_counter() - start, "rows": rows, "summary": summarize(rows)}
+               "clock": args.clock or "wall", "seconds": time.perf_counter() - start, "rows": rows}
+    payload["summary"] = summarize(rows, payload["clock"])
     train.write_json(out / "results.json", payload)
     files = report(payload, out)
     print(f"{len(rows)} runs in {payload['seconds']:.0f} s; wrote {out / 'results.json'}, "

@@ -366,9 +366,10 @@ def run(config, data: Data | None = None, log=print) -> dict:
 
     Returns test_accuracy, train_loss (mean cross-entropy of the last epoch), seconds (training and evaluation),
     params (of the final model), and per epoch: loss_curve, seconds_curve (the training clock at the end of each
-    epoch: training and refinement, not evaluation) and steps_curve (the n_steps trained in it); test_accuracy_curve
-    at test_epochs (1-based; every --eval-every-th epoch and the last); also backend, device, world_size and the
-    config. Only rank 0 logs; every rank returns the same numbers.
+    epoch: training and refinement, not evaluation), cpu_seconds_curve (the same in CPU time of this process: on
+    a busy machine, a one-thread run's wall-clock time without its waits for a core) and steps_curve (the n_steps
+    trained in it); test_accuracy_curve at test_epochs (1-based; every --eval-every-th epoch and the last); also
+    backend, device, world_size and the config. Only rank 0 logs; every rank returns the same numbers.
     """
     threads, previous = _threads(config), torch.get_num_threads()
     if threads:
@@ -408,11 +409,11 @@ def _run(config, data: Data | None, log) -> dict:
         log(f"contres.train: {config.dataset} ({len(data.train_x)} train / {len(data.test_x)} test), "
             f"{sum(p.numel() for p in model.parameters())} parameters{plan}, backend {backend}, device {device}, "
             f"{ctx.world_size} process(es)")
-    loss_curve, seconds_curve, steps_curve, acc_curve, test_epochs = [], [], [], [], []
+    loss_curve, seconds_curve, cpu_seconds_curve, steps_curve, acc_curve, test_epochs = [], [], [], [], [], []
     start = time.perf_counter()
-    clock = 0.0  # training seconds, without evaluation
+    clock = cpu_clock = 0.0  # training seconds, without evaluation
     for epoch in range(config.epochs):
-        tick = time.perf_counter()
+        tick, cpu_tick = time.perf_counter(), time.process_time()
         if epoch in refinements:
             model = refine_in_training(model, optimizer, *refinements[epoch])
             net = wrap_model(model, ctx, device)
@@ -421,10 +422,12 @@ def _run(config, data: Data | None, log) -> dict:
         loss_sum, count = train_epoch(net, bar, optimizer, schedule, config.smoothness_weight, device)
         loss_sum, count = all_reduce_sum([loss_sum, count], ctx, device)
         clock += time.perf_counter() - tick
+        cpu_clock += time.process_time() - cpu_tick
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"the training loss diverged in epoch {epoch + 1}; lower --lr")
         loss_curve.append(loss_sum / count)
         seconds_curve.append(clock)
+        cpu_seconds_curve.append(cpu_clock)
         steps_curve.append(model.blocks[0].n_steps)
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             acc_curve.append(evaluate(model, data.test_x, data.test_y, device))
@@ -438,8 +441,8 @@ def _run(config, data: Data | None, log) -> dict:
             "train_loss": loss_curve[-1] if loss_curve else math.nan, "seconds": seconds,
             "seconds_per_epoch": seconds / max(1, config.epochs),
             "params": sum(p.numel() for p in model.parameters()), "loss_curve": loss_curve,
-            "seconds_curve": seconds_curve, "steps_curve": steps_curve, "test_accuracy_curve": acc_curve,
-            "test_epochs": test_epochs, "backend": backend, "device": str(device), "world_size": ctx.world_size,
+            "seconds_curve": seconds_curve, "cpu_seconds_curve": cpu_seconds_curve, "steps_curve": steps_curve,
+            "test_accuracy_curve": acc_curve, "test_epochs": test_epochs, "backend": backend, "device": str(device), "world_size": ctx.world_size,
             "config": {k: v for k, v in vars(config).items() if k not in ("json", "progress")}}
 
 

@@ -60,7 +60,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     # and the whole command path (sampler shards, all-reduced loss) on a small subset of the digits
     small = train.Data(data.train_x[:256], data.train_y[:256], data.test_x[:64], data.test_y[:64], 10)
     result = train.run(config, data=small, log=lambda *_: None)
-    torch.save({"grads": grads, "result": result}, os.path.join(out_dir, f"rank{rank}.pt"))
+    # multilevel: refine() replaces the parameters, so the DistributedDataParallel wrapper is made anew
+    multilevel = train.run(train.default_config(**{**vars(config), "n_steps": 4, "epochs": 2, "refine_at": [1]}),
+                           data=small, log=lambda *_: None)
+    torch.save({"grads": grads, "result": result, "multilevel": multilevel},
+               os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
@@ -84,3 +88,6 @@ def test_ddp_gradients_equal_single_process(tmp_path):
     assert r0["world_size"] == WORLD_SIZE
     assert r0["train_loss"] == pytest.approx(r1["train_loss"], rel=1e-12)  # the loss is all-reduced
     assert r0["test_accuracy"] == r1["test_accuracy"]  # the replicas stayed identical
+    m0, m1 = (out["multilevel"] for out in outputs)
+    assert m0["steps_curve"] == [2, 4] and m0["loss_curve"] == pytest.approx(m1["loss_curve"], rel=1e-12)
+    assert m0["test_accuracy"] == m1["test_accuracy"]

@@ -115,10 +115,11 @@ def test_sweep_command_writes_results_and_plots(tmp_path):
     assert len(data["rows"]) == 10 and data["rows"] == payload["rows"]
     for row in data["rows"]:
         for key in ("n_steps", "n_controls", "seed", "test_accuracy", "train_loss", "params", "seconds",
-                    "train_seconds"):
+                    "train_seconds", "train_cpu_seconds"):
             assert key in row
-        assert len(row["loss_curve"]) == len(row["seconds_curve"]) == 2
+        assert len(row["loss_curve"]) == len(row["seconds_curve"]) == len(row["cpu_seconds_curve"]) == 2
         assert row["seconds_curve"][0] < row["seconds_curve"][1] == row["train_seconds"] <= row["seconds"]
+        assert 0 < row["cpu_seconds_curve"][0] < row["cpu_seconds_curve"][1] == row["train_cpu_seconds"]
     cell = next(e for e in data["summary"] if e["schedule"] == "fixed" and e["n_steps"] == 2 == e["n_controls"])
     assert cell["seeds"] == 2 and len(cell["loss_curve"]) == len(cell["loss_curve_ci"]) == 2
     table = (out / "results.md").read_text()
@@ -130,6 +131,8 @@ def test_sweep_command_writes_results_and_plots(tmp_path):
         (out / name).unlink()
     sweep.main(["--out", str(out), "--replot"])  # the tables and plots again, from results.json alone
     assert (out / "results.md").read_text() == table and all((out / name).exists() for name in names)
+    sweep.main(["--out", str(out), "--replot", "--clock", "cpu"])
+    assert "CPU time" in (out / "results.md").read_text() and "CPU time" not in table
 
 
 def test_sweep_compares_methods_each_on_its_own_steps(tmp_path):
