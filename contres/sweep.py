@@ -6,11 +6,15 @@ time, "control layers") per ODE block, several seeds each, on the digits16 task 
 adds integrators, each on the n_steps after its colon (default: --steps). ``--multilevel E1 E2 ...`` adds, for each
 method's finest cells, multilevel runs: trained on a grid 2^L times coarser and refined (contres.train
 --refine-at) after each listed epoch, to be compared with the same network trained on the fine grid from the start.
-``--jobs 2`` trains two runs at a time (one thread each). The sweep writes
-  DIR/results.json        the runs (per epoch: training loss, training clock, n_steps; test accuracy at the
-                          evaluated epochs) and the summary per cell (mean and 95 % interval over the seeds)
+``--jobs 2`` trains two runs at a time (one thread each); ``--clock cpu`` puts the runs' CPU time instead of
+wall-clock time on the time axes (the same on a free core; not inflated by other work on a busy machine);
+``--replot`` redraws the tables and plots from DIR/results.json. The sweep writes
+  DIR/results.json        the runs (per epoch: training loss, wall-clock and CPU training time, n_steps; test
+                          accuracy at the evaluated epochs) and the summary per cell (mean and 95 % interval over
+                          the seeds)
   DIR/results.md          the tables: final test accuracy, training loss and seconds per cell; multilevel against
-                          the fine grid at equal training time
+                          the fine grid at equal training time; differences paired by seed (more layers, more
+                          parameters, multilevel)
   DIR/accuracy_vs_steps.png, DIR/loss_vs_steps.png   final values against n_steps, one line per n_controls
   DIR/convergence_<method>.png   training loss and test accuracy against epoch and against training seconds,
                           one column per n_controls, one line per n_steps, 95 % bands
@@ -290,6 +294,39 @@ def multilevel_pairs(summary: list[dict]) -> list[tuple[dict, dict]]:
             if e["schedule"] == "multilevel" and (e["method"], e["n_steps"], e["n_controls"]) in fixed]
 
 
+def paired_differences(rows: list[dict]) -> list[dict]:
+    """Per-seed differences between cells that differ in one choice. A seed fixes the order of the batches (and
+    the random stream the initialisation draws from), so such differences vary far less than the cells do.
+
+    For each method: more layers, (n_steps, 1) minus (smallest n_steps, 1), the same parameters; more
+    parameters, (n_steps, n_steps) minus (n_steps, 1), the same steps; and each multilevel cell minus the same
+    network trained on its fine grid from the start. Mean and 95 % interval of the differences of the final
+    training loss and test accuracy over the seeds both cells ran, and in how many seeds the loss went down and
+    the accuracy up."""
+    runs: dict[tuple, dict[int, dict]] = {}
+    for r in rows:
+        runs.setdefault(_cell_key(r), {})[r["seed"]] = r
+    comparisons = []
+    for method in dict.fromkeys(key[0] for key in runs):
+        steps = sorted({key[2] for key in runs if key[:2] == (method, "fixed")})
+        comparisons += [("more layers", (method, "fixed", n, 1), (method, "fixed", steps[0], 1)) for n in steps[1:]]
+        comparisons += [("more parameters", (method, "fixed", n, n), (method, "fixed", n, 1)) for n in steps[1:]]
+    comparisons += [("multilevel", key, (key[0], "fixed", *key[2:])) for key in runs if key[1] == "multilevel"]
+    out = []
+    for what, cell, against in comparisons:
+        if cell not in runs or against not in runs:
+            continue
+        seeds = sorted(set(runs[cell]) & set(runs[against]))
+        loss = [runs[cell][s]["train_loss"] - runs[against][s]["train_loss"] for s in seeds]
+        accuracy = [runs[cell][s]["test_accuracy"] - runs[against][s]["test_accuracy"] for s in seeds]
+        entry = {"comparison": what, "cell": list(cell), "against": list(against), "seeds": len(seeds),
+                 "loss_lower": sum(d < 0 for d in loss), "accuracy_higher": sum(d > 0 for d in accuracy)}
+        entry["train_loss_diff"], entry["train_loss_diff_ci"] = mean_ci(loss)
+        entry["test_accuracy_diff"], entry["test_accuracy_diff_ci"] = mean_ci(accuracy)
+        out.append(entry)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -330,6 +367,28 @@ def markdown_table(summary: list[dict], base: argparse.Namespace, seeds: int) ->
                          f"{_or_dash(loss_at(fixed, ml['train_seconds']))} | {fixed['train_seconds']:.1f} | "
                          f"{_pm(fixed['train_loss'], fixed['train_loss_ci'], digits=4)} | "
                          f"{_pm(fixed['test_accuracy'], fixed['test_accuracy_ci'], 100)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell_name(key) -> str:
+    method, schedule, n, m = key
+    return f"{method} ({n}, {m})" + (" multilevel" if schedule == "multilevel" else "")
+
+
+def paired_table(paired: list[dict]) -> str:
+    if not paired:
+        return ""
+    lines = ["Paired by seed: the difference of the final values between two cells (n_steps, n_controls) that "
+             "differ in one choice, mean ± 95 % interval over the seeds, and in how many seeds the training loss "
+             "went down / the test accuracy up.", "",
+             "| comparison | cell | against | Δ final train loss | loss down | Δ test accuracy (points) | "
+             "accuracy up |", "|---|---|---|---:|---:|---:|---:|"]
+    for d in paired:
+        lines.append(f"| {d['comparison']} | {_cell_name(d['cell'])} | {_cell_name(d['against'])} | "
+                     f"{_pm(d['train_loss_diff'], d['train_loss_diff_ci'], digits=4)} | "
+                     f"{d['loss_lower']}/{d['seeds']} | "
+                     f"{_pm(d['test_accuracy_diff'], d['test_accuracy_diff_ci'], 100)} | "
+                     f"{d['accuracy_higher']}/{d['seeds']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -493,7 +552,7 @@ def report(payload: dict, out: Path) -> list[Path]:
     """Write results.md and the plots from a sweep's payload (what results.json holds); returns the files."""
     base = argparse.Namespace(**payload["config"])
     summary = summarize(payload["rows"], payload["clock"])
-    table = markdown_table(summary, base, payload["seeds"])
+    table = markdown_table(summary, base, payload["seeds"]) + "\n" + paired_table(paired_differences(payload["rows"]))
     (out / "results.md").write_text(table)
     print(table)
     return [out / "results.md"] + plot(summary, payload["controls"], out)
@@ -521,6 +580,7 @@ def main(argv=None) -> dict:
                "seeds": args.seeds, "controls": args.controls, "multilevel": args.multilevel, "jobs": args.jobs,
                "clock": args.clock or "wall", "seconds": time.perf_counter() - start, "rows": rows}
     payload["summary"] = summarize(rows, payload["clock"])
+    payload["paired"] = paired_differences(rows)
     train.write_json(out / "results.json", payload)
     files = report(payload, out)
     print(f"{len(rows)} runs in {payload['seconds']:.0f} s; wrote {out / 'results.json'}, "

@@ -124,7 +124,8 @@ def test_sweep_command_writes_results_and_plots(tmp_path):
     assert cell["seeds"] == 2 and len(cell["loss_curve"]) == len(cell["loss_curve_ci"]) == 2
     table = (out / "results.md").read_text()
     assert "| euler | fixed | 2 | 2 |" in table and "| euler | multilevel 1→2 | 2 | 1 |" in table
-    assert "Multilevel training against the fine grid" in table
+    assert "Multilevel training against the fine grid" in table and "| more parameters | euler (2, 2) |" in table
+    assert {d["comparison"] for d in data["paired"]} == {"more layers", "more parameters", "multilevel"}
     names = ("accuracy_vs_steps.png", "loss_vs_steps.png", "convergence_euler.png", "multilevel.png")
     for name in names:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
@@ -175,6 +176,28 @@ def test_sweep_grid_and_option_clashes():
     _, base = sweep.parse_args(["--out", "x", "--dataset", "digits", "--batch-size", "64"])
     assert base.dataset == "digits" and base.batch_size == 64
     assert sweep.parse_args(["--out", "x"])[0].seeds >= 5
+
+
+def test_paired_differences_compare_one_choice_seed_by_seed():
+    def row(schedule, n, m, seed, loss, accuracy):
+        return {"method": "euler", "schedule": schedule, "n_steps": n, "n_controls": m, "seed": seed,
+                "train_loss": loss, "test_accuracy": accuracy}
+
+    rows = [row("fixed", 1, 1, 0, 1.0, 0.5), row("fixed", 1, 1, 1, 2.0, 0.4),
+            row("fixed", 2, 1, 0, 1.5, 0.4), row("fixed", 2, 1, 1, 2.1, 0.5),
+            row("fixed", 2, 2, 0, 1.2, 0.6), row("fixed", 2, 2, 1, 2.2, 0.5),
+            row("multilevel", 2, 2, 0, 1.1, 0.7), row("multilevel", 2, 2, 1, 1.9, 0.6)]
+    paired = {(d["comparison"], tuple(d["cell"]), tuple(d["against"])): d for d in sweep.paired_differences(rows)}
+    assert set(paired) == {("more layers", ("euler", "fixed", 2, 1), ("euler", "fixed", 1, 1)),
+                           ("more parameters", ("euler", "fixed", 2, 2), ("euler", "fixed", 2, 1)),
+                           ("multilevel", ("euler", "multilevel", 2, 2), ("euler", "fixed", 2, 2))}
+    layers = paired["more layers", ("euler", "fixed", 2, 1), ("euler", "fixed", 1, 1)]
+    assert layers["train_loss_diff"] == pytest.approx(0.3) and layers["loss_lower"] == 0
+    assert layers["train_loss_diff_ci"] == pytest.approx(sweep.mean_ci([0.5, 0.1])[1])
+    assert layers["accuracy_higher"] == 1 and layers["seeds"] == 2
+    multilevel = paired["multilevel", ("euler", "multilevel", 2, 2), ("euler", "fixed", 2, 2)]
+    assert multilevel["loss_lower"] == 2 and multilevel["test_accuracy_diff"] == pytest.approx(0.1)
+    assert "| multilevel | euler (2, 2) multilevel | euler (2, 2) |" in sweep.paired_table(list(paired.values()))
 
 
 def test_mean_ci_is_the_t_interval():
