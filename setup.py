@@ -138,7 +138,9 @@ def _extension():
     with_cuda = _want_cuda()
     sources = [str(p.relative_to(HERE)) for sub in ("", "driver", "cpu")
                for p in sorted((HERE / "csrc" / sub).glob("*.cpp"))]
-    macros = [("CONTRES_TORCH_VERSION", f'"{torch.__version__}"')]
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    macros = [("CONTRES_TORCH_VERSION", f'"{torch.__version__}"'),
+              ("CONTRES_TORCH_VERSION_NUM", str(100 * major + minor))]  # 2.14 -> 214, for version-specific code
     include_dirs = [str(HERE / "csrc")]
     cxx = _host_flags()
     if not with_cuda:
