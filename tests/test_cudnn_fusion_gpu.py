@@ -319,7 +319,7 @@ def records(key_part):
 
 def test_cache_builds_once():
     set_precision("bf16")
-    _C._cudnn_fusion_clear_cache()
+    contres.empty_cudnn_plan_cache()
     u, K, b = inputs((2, 8, 6, 6, 3), torch.bfloat16, seed=90)
     out = torch.empty_like(u)
     expect_fused(_C._cudnn_conv_bias_act(u, K, b, "sigmoid", out), "first call")
@@ -335,7 +335,7 @@ def test_failed_key_is_remembered():
     """True float32 has no engine for a mask operand (cuDNN 9.24, Hopper): the first call tries and fails, the
     second answers from the cache. Should cuDNN gain one, the result must then be true float32."""
     set_precision("fp32")
-    _C._cudnn_fusion_clear_cache()
+    contres.empty_cudnn_plan_cache()
     u, K, b = inputs(SHAPE, torch.float32, seed=100)
     u_next, mask = torch.empty_like(u), torch.empty_like(u, dtype=torch.uint8)
     ok = _C._cudnn_forward_single(u, K, b, 0.5, "relu", "mask", u_next, mask)
@@ -352,7 +352,7 @@ def test_failed_key_is_remembered():
 
 def test_threads_share_one_plan():
     set_precision("bf16")
-    _C._cudnn_fusion_clear_cache()
+    contres.empty_cudnn_plan_cache()
     shape, n_threads, n_iter = (4, 16, 10, 10, 3), 4, 5
     errors = []
 
@@ -385,7 +385,7 @@ def test_cuda_graph_capture():
     """A plan is not built while capturing (run_* says false, and the key is not marked failed); once built it
     captures and replays."""
     set_precision("bf16")
-    _C._cudnn_fusion_clear_cache()
+    contres.empty_cudnn_plan_cache()
     u, K, b = inputs(SHAPE, torch.bfloat16, seed=110)
     out = torch.empty_like(u)
     graph = torch.cuda.CUDAGraph()
