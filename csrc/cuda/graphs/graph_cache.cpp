@@ -195,8 +195,9 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> forward(const std:
             }
         }
       }
-      TORCH_WARN_ONCE("contres: capturing a CUDA graph of the ODE block failed, running it step by step instead: ",
-                      err.what());
+      // Once per key: the key is marked and not tried again while the cache holds it.
+      TORCH_WARN("contres: capturing a CUDA graph of the ODE block failed, running it step by step instead: ",
+                 err.what());
       return std::nullopt;
     }
   } else {
@@ -255,8 +256,8 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>> backwa
         const std::lock_guard<std::mutex> lock(c.mutex);
         ++c.counts.capture_failures;
       }
-      TORCH_WARN_ONCE("contres: capturing a CUDA graph of the ODE block's backward failed, running it step by "
-                      "step instead: ", err.what());
+      TORCH_WARN("contres: capturing a CUDA graph of the ODE block's backward failed, running it step by step "
+                 "instead: ", err.what());  // once per instance
       return std::nullopt;
     }
   } else {
