@@ -15,7 +15,7 @@ bool run_graph(DeviceGraph& graph, const Operands& operands, void* workspace, st
   for (int r = 0; r < kNumRoles; ++r)
     if (operands.ptr[r]) pack.emplace(r + 1, operands.ptr[r]);
   try {
-    const auto status = graph.graph->execute(at::native::getCudnnHandle(), pack, workspace);
+    auto status = graph.graph->execute(at::native::getCudnnHandle(), pack, workspace);
     if (status.is_good()) return true;
     *why = status.get_message();
   } catch (const std::exception& e) {

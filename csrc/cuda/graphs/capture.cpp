@@ -28,29 +28,7 @@ std::atomic<bool> break_next{false};
 // and does them in reset().
 class TorchGraph : public at::cuda::CUDAGraph {
  public:
-  void release_after_failed_end() noexcept {
-    if constexpr (!resets_failed_capture<TorchGraph>(0)) {
-      if (capture_ended_ || released_) return;  // reset() releases the pool after a successful capture_end
-      released_ = true;
-      try {
-        c10::cuda::CUDACachingAllocator::endAllocateToPool(capture_dev_, mempool_id_);
-      } catch (const c10::Error&) {  // capture_end got that far
-      }
-      try {
-        c10::cuda::CUDACachingAllocator::releasePool(capture_dev_, mempool_id_);
-      } catch (const c10::Error&) {
-      }
-#if CONTRES_TORCH_VERSION_NUM >= 210
-      // The pinned-host allocator's pool of the same id, where capture_begin opened one (end throws otherwise).
-      try {
-        auto* host = at::getHostAllocator(at::kCUDA);
-        host->end_allocate_to_pool(mempool_id_);
-        host->release_pool(mempool_id_);
-      } catch (const c10::Error&) {
-      }
-#endif
-    }
-  }
+  void release_after_failed_end() noexcept;
 
  private:
   template <typename G>
@@ -64,6 +42,30 @@ class TorchGraph : public at::cuda::CUDAGraph {
 
   bool released_ = false;
 };
+
+void TorchGraph::release_after_failed_end() noexcept {
+  if constexpr (!resets_failed_capture<TorchGraph>(0)) {
+    if (capture_ended_ || released_) return;  // reset() releases the pool after a successful capture_end
+    released_ = true;
+    try {
+      c10::cuda::CUDACachingAllocator::endAllocateToPool(capture_dev_, mempool_id_);
+    } catch (const c10::Error&) {  // capture_end got that far
+    }
+    try {
+      c10::cuda::CUDACachingAllocator::releasePool(capture_dev_, mempool_id_);
+    } catch (const c10::Error&) {
+    }
+#if CONTRES_TORCH_VERSION_NUM >= 210
+    // The pinned-host allocator's pool of the same id, where capture_begin opened one (end throws otherwise).
+    try {
+      auto* host = at::getHostAllocator(at::kCUDA);
+      host->end_allocate_to_pool(mempool_id_);
+      host->release_pool(mempool_id_);
+    } catch (const c10::Error&) {
+    }
+#endif
+  }
+}
 
 // A stream of this thread's own per device, for captures only: never shared with other code, and never with
 // another thread's capture. Never destroyed (work may still be queued on it when the thread ends).
