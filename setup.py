@@ -172,9 +172,11 @@ def _extension():
               ("CONTRES_TORCH_VERSION_NUM", str(100 * major + minor))]  # 2.14 -> 214, for version-specific code
     include_dirs = [str(HERE / "csrc")]
     cxx = _host_flags()
+    # libstdc++ code instantiated in our objects stays private to _C.so (csrc/private_std.map says why).
+    link_args = [f"-Wl,--version-script={HERE / 'csrc' / 'private_std.map'}"]
     if not with_cuda:
         return cpp_extension.CppExtension("contres._C", sources, include_dirs=include_dirs, define_macros=macros,
-                                          extra_compile_args={"cxx": cxx})
+                                          extra_compile_args={"cxx": cxx}, extra_link_args=link_args)
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"  # no GPU to ask: Ampere, Hopper, and PTX for newer
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or ";".join(
@@ -191,7 +193,6 @@ def _extension():
             if (site / sub).is_dir():
                 include_dirs.append(str(site / sub))
     nvcc = ["-O3", "-lineinfo"]
-    link_args = []
     fusion = _cudnn_fusion()
     if fusion is not None:
         sources += [str(p.relative_to(HERE)) for p in sorted((HERE / "csrc" / "cuda" / "cudnn_step").glob("*.cpp"))]
