@@ -19,6 +19,7 @@ Environment:
 import os
 import platform
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -134,16 +135,48 @@ def _cudnn_fusion():
             "link_args": [str(libcudnn), str(libnvrtc)] + [f"-Wl,-rpath,{d}" for d in lib_dirs]}
 
 
+def _report_toolchain():
+    """Prints the compiler and the libstdc++ this Python has loaded (torch's): a build whose code reached another
+    libstdc++ than the one loaded crashed a GPU run (scripts/check_so_symbols.py checks the result)."""
+    cxx = os.environ.get("CXX") or "c++"
+
+    def first_line(*cmd):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return out.splitlines()[0] if out else ""
+
+    linked = first_line(cxx, "-print-file-name=libstdc++.so.6")
+    loaded = ""
+    try:
+        with open("/proc/self/maps") as maps:
+            loaded = next((line.split()[-1] for line in maps if "/libstdc++.so" in line), "")
+    except OSError:
+        pass
+    linked, loaded = (os.path.realpath(p) if p and os.path.exists(p) else (p or "unknown") for p in (linked, loaded))
+    print(f"contres build: compiler {cxx}: {first_line(cxx, '--version') or 'not found'}")
+    print(f"contres build: libstdc++ of the compiler {linked}; loaded by this Python {loaded}")
+    if os.path.basename(linked) != os.path.basename(loaded):
+        print("contres build: WARNING: the compiler's libstdc++ is not the one Python loads; the extension must not "
+              "carry libstdc++ code of its own (python scripts/check_so_symbols.py contres/_C*.so)")
+
+
 def _extension():
+    _report_toolchain()
     with_cuda = _want_cuda()
     sources = [str(p.relative_to(HERE)) for sub in ("", "driver", "cpu")
                for p in sorted((HERE / "csrc" / sub).glob("*.cpp"))]
-    macros = [("CONTRES_TORCH_VERSION", f'"{torch.__version__}"')]
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    macros = [("CONTRES_TORCH_VERSION", f'"{torch.__version__}"'),
+              ("CONTRES_TORCH_VERSION_NUM", str(100 * major + minor))]  # 2.14 -> 214, for version-specific code
     include_dirs = [str(HERE / "csrc")]
     cxx = _host_flags()
+    # libstdc++ code instantiated in our objects stays private to _C.so (csrc/private_std.map says why).
+    link_args = [f"-Wl,--version-script={HERE / 'csrc' / 'private_std.map'}"]
     if not with_cuda:
         return cpp_extension.CppExtension("contres._C", sources, include_dirs=include_dirs, define_macros=macros,
-                                          extra_compile_args={"cxx": cxx})
+                                          extra_compile_args={"cxx": cxx}, extra_link_args=link_args)
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"  # no GPU to ask: Ampere, Hopper, and PTX for newer
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or ";".join(
@@ -160,7 +193,6 @@ def _extension():
             if (site / sub).is_dir():
                 include_dirs.append(str(site / sub))
     nvcc = ["-O3", "-lineinfo"]
-    link_args = []
     fusion = _cudnn_fusion()
     if fusion is not None:
         sources += [str(p.relative_to(HERE)) for p in sorted((HERE / "csrc" / "cuda" / "cudnn_step").glob("*.cpp"))]

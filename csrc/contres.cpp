@@ -1,11 +1,15 @@
 // Every op schema of contres in one place, the CPU and Meta registrations, and the Python module with build_info
-// and the CPU buffer pool's controls.
+// and the controls of the CPU buffer pool and of the CUDA paths' caches.
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
 #include "cpu/buffer_pool.h"
+#include "cuda_caches.h"
 #include "ode_block.h"
 #include "paths.h"
+#ifdef CONTRES_WITH_CUDA
+#include "cuda/graphs/capture.h"
+#endif
 #ifdef CONTRES_WITH_CUDNN_FUSION
 #include "cuda/cudnn_step/bindings.h"
 #endif
@@ -99,6 +103,39 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_pool_set_limit", &contres::pool_set_limit, py::arg("bytes"));
   m.def("cpu_pool_empty", &contres::pool_empty);
   m.def("cpu_pool_reset_counters", &contres::pool_reset_counters);
+  m.def("cuda_graph_cache_stats", [] {
+    const contres::GraphCacheStats s = contres::cuda_graph_cache_stats();
+    py::dict d;
+    d["keys"] = s.keys;
+    d["instances"] = s.instances;
+    d["max_keys"] = s.max_keys;
+    d["max_instances"] = s.max_instances;
+    d["captures"] = s.captures;
+    d["replays"] = s.replays;
+    d["capture_failures"] = s.capture_failures;
+    d["evictions"] = s.evictions;
+    return d;
+  });
+  m.def("cuda_graph_cache_set_limit", &contres::cuda_graph_cache_set_limit, py::arg("max_keys"),
+        py::arg("max_instances"));
+  m.def("cuda_graph_cache_empty", &contres::cuda_graph_cache_empty);
+  m.def("cudnn_plan_cache_stats", [] {
+    const contres::PlanCacheStats s = contres::cudnn_plan_cache_stats();
+    py::dict d;
+    d["plans"] = s.plans;
+    d["max_plans"] = s.max_plans;
+    d["builds"] = s.builds;
+    d["build_failures"] = s.build_failures;
+    d["evictions"] = s.evictions;
+    d["build_seconds"] = s.build_seconds;
+    return d;
+  });
+  m.def("cudnn_plan_cache_set_limit", &contres::cudnn_plan_cache_set_limit, py::arg("max_plans"));
+  m.def("cudnn_plan_cache_empty", &contres::cudnn_plan_cache_empty);
+#ifdef CONTRES_WITH_CUDA
+  // Tests only: the next CUDA-graph capture breaks, as one does when the captured work synchronises.
+  m.def("_cuda_graph_break_next_capture", &contres::cuda_graphs::break_next_capture);
+#endif
 #ifdef CONTRES_WITH_CUDNN_FUSION
   contres::cudnn_fusion::bind(m);
 #endif

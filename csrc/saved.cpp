@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 
-
 #include "cpu/buffer_pool.h"
 
 namespace contres {
@@ -87,21 +86,6 @@ at::Tensor allocate(const TensorSpec& spec, const at::TensorOptions& options) {
   if (!opts.device().is_cpu()) return at::empty_strided(sizes, strides, opts);
   // The specs are dense: one block of numel elements, viewed with the spec's strides.
   return pooled_empty_cpu({numel}, opts).as_strided(sizes, strides);
-}
-
-namespace {
-
-}  // namespace
-
-std::string describe(const c10::SymInt& v) {
-  const auto n = v.maybe_as_int();
-  return n ? std::to_string(*n) : std::string("?");
-}
-
-std::string describe(c10::SymIntArrayRef v) {
-  std::string s = "(";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + describe(v[i]);
-  return s + (v.size() == 1 ? ",)" : ")");
 }
 
 void check_matches(const at::Tensor& t, const TensorSpec& spec, const c10::Device& device, const char* name,

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "config.h"
+#include "describe.h"  // the messages of check_matches and of the input checks
 
 namespace contres {
 
@@ -53,11 +54,6 @@ at::Tensor allocate(const TensorSpec& spec, const at::TensorOptions& options);
 // dtype) and is on `device`. `what` says what the tensor should be.
 void check_matches(const at::Tensor& t, const TensorSpec& spec, const c10::Device& device, const char* name,
                    const char* what);
-
-// "(2, 3, 4)": sizes or strides for messages, formatted without a stream of this library (symbolic ones as "?"):
-// a std::ostream built here and written to by libc10's operator<< crashed on the GPU machine's image.
-std::string describe(c10::SymIntArrayRef v);
-std::string describe(const c10::SymInt& v);
 
 // Bytes of bit-packed mask for n elements.
 inline int64_t mask_bytes(int64_t n) { return (n + 7) / 8; }

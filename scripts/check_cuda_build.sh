@@ -2,7 +2,8 @@
 # Builds contres with CUDA in a separate virtual environment and checks that every op with a CPU kernel
 # also has a CUDA kernel; the build must include the fused cuDNN step graphs, which are then checked on the
 # CPU (tests/test_cudnn_graphs.py: construction, validation, H200 heuristics and NVRTC builds through a stub
-# CUDA driver). Needs nvcc (CUDA 13.0) and a C compiler but no GPU.
+# CUDA driver), with the controls of the CUDA caches (tests/test_cuda_caches.py) and the extension's own
+# libstdc++ code (tests/test_binary.py: none allowed). Needs nvcc (CUDA 13.0) and a C compiler but no GPU.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${CONTRES_CUDA_VENV:-/tmp/contres-ci-cuda-venv}"
@@ -40,7 +41,8 @@ for qualified in ops:
     assert not has_cpu or has_cuda, f"{qualified} has a CPU kernel but no CUDA kernel"
 print("CUDA build OK: every op with a CPU kernel has a CUDA kernel")
 PY
-echo "== fused cuDNN graphs, CPU-side check"
-cd /tmp && "$venv/bin/python" -m pytest -q -p no:cacheprovider "$src/tests/test_cudnn_graphs.py"
+echo "== fused cuDNN graphs, the CUDA caches' controls, the extension's libstdc++ code: CPU-side checks"
+cd /tmp && "$venv/bin/python" -m pytest -q -p no:cacheprovider "$src/tests/test_cudnn_graphs.py" \
+  "$src/tests/test_cuda_caches.py" "$src/tests/test_binary.py"
 echo "== the CUDA wheel, installed into a fresh environment with torch 2.14.1 and no compiler"
 EXPECT_CUDA=1 bash "$src/scripts/check_wheel.sh" "$venv/bin/python"

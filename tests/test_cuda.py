@@ -217,7 +217,7 @@ def test_fused_cudnn_path_matches_reference(fused_conv, precision, layer, activa
     kw = dict(T=1.0, n_steps=4, layer=layer, activation=activation)
     y_ref, grads_ref = run_block(x, w, b, g, backend="reference", **kw)
     xd, wd, bd = (t.detach().to(dtype).requires_grad_() for t in (x, w, b))
-    contres._C._cudnn_fusion_clear_cache()
+    contres.empty_cudnn_plan_cache()
     y, grads = run_block(xd, wd, bd, g.to(dtype), backend="fused", **kw)
     assert contres.ops.last_paths() == {"forward": "cuda:fused", "backward": "cuda:fused"}
     tol = {"fp32": 1e-4, "tf32": 5e-3, "bf16": 3e-2}[precision]

@@ -3,9 +3,10 @@
 Each run_* (through contres._C._cudnn_*) is compared with conv2d / conv_transpose2d / the conv weight gradient plus
 the elementwise maths of activations.h, evaluated in float64 on the same (rounded) inputs, for every activation
 and gate kind, in float32 on TF32 (relaxed tolerance) and in true float32, bfloat16 and float16. Also: outputs
-aliasing inputs, a non-default stream, the plan cache, several threads, CUDA-graph capture, NaN conventions.
-Needs a GPU and a build with the fused graphs; skipped otherwise. Every graph a test builds is compiled with NVRTC
-once (0.3-1.2 s), so the matrix is kept to one shape for the full product and a few for the rest.
+aliasing inputs, a non-default stream, the plan cache (bounded, visible, left alone at exit), several threads,
+CUDA-graph capture, NaN conventions. Needs a GPU and a build with the fused graphs; skipped otherwise. Every graph
+a test builds is compiled with NVRTC once (0.3-1.2 s), so the matrix is kept to one shape for the full product and
+a few for the rest.
 """
 from __future__ import annotations
 
@@ -319,7 +320,7 @@ def records(key_part):
 
 def test_cache_builds_once():
     set_precision("bf16")
-    _C._cudnn_fusion_clear_cache()
+    contres.empty_cudnn_plan_cache()
     u, K, b = inputs((2, 8, 6, 6, 3), torch.bfloat16, seed=90)
     out = torch.empty_like(u)
     expect_fused(_C._cudnn_conv_bias_act(u, K, b, "sigmoid", out), "first call")
@@ -335,7 +336,7 @@ def test_failed_key_is_remembered():
     """True float32 has no engine for a mask operand (cuDNN 9.24, Hopper): the first call tries and fails, the
     second answers from the cache. Should cuDNN gain one, the result must then be true float32."""
     set_precision("fp32")
-    _C._cudnn_fusion_clear_cache()
+    contres.empty_cudnn_plan_cache()
     u, K, b = inputs(SHAPE, torch.float32, seed=100)
     u_next, mask = torch.empty_like(u), torch.empty_like(u, dtype=torch.uint8)
     ok = _C._cudnn_forward_single(u, K, b, 0.5, "relu", "mask", u_next, mask)
@@ -352,7 +353,7 @@ def test_failed_key_is_remembered():
 
 def test_threads_share_one_plan():
     set_precision("bf16")
-    _C._cudnn_fusion_clear_cache()
+    contres.empty_cudnn_plan_cache()
     shape, n_threads, n_iter = (4, 16, 10, 10, 3), 4, 5
     errors = []
 
@@ -385,7 +386,7 @@ def test_cuda_graph_capture():
     """A plan is not built while capturing (run_* says false, and the key is not marked failed); once built it
     captures and replays."""
     set_precision("bf16")
-    _C._cudnn_fusion_clear_cache()
+    contres.empty_cudnn_plan_cache()
     u, K, b = inputs(SHAPE, torch.bfloat16, seed=110)
     out = torch.empty_like(u)
     graph = torch.cuda.CUDAGraph()
@@ -443,3 +444,41 @@ def test_deterministic_mode():
         outs.append((lam_out, g_out, db))
     for a, b in zip(*outs):
         assert torch.equal(a, b)
+
+
+def test_plan_cache_is_bounded_and_visible():
+    set_precision("bf16")
+    limit = contres.cudnn_plan_cache_stats()["max_plans"]
+    contres.empty_cudnn_plan_cache()
+    try:
+        contres.set_cudnn_plan_cache_limit(1)
+        before = contres.cudnn_plan_cache_stats()
+        for seed, act in ((130, "relu"), (131, "tanh")):  # two graphs: the first is evicted for the second
+            u, K, b = inputs((2, 8, 6, 6, 3), torch.bfloat16, seed=seed)
+            expect_fused(_C._cudnn_conv_bias_act(u, K, b, act, torch.empty_like(u)), act)
+        s = contres.cudnn_plan_cache_stats()
+        assert s["plans"] == 1 and s["evictions"] > before["evictions"], s
+        assert s["builds"] - before["builds"] == 2 and s["build_seconds"] > before["build_seconds"], s
+        assert len(_C._cudnn_fusion_built_graphs()) == 1
+        contres.set_cudnn_plan_cache_limit(0)  # no plans kept: the graphs decline and callers take ATen
+        u, K, b = inputs((2, 8, 6, 6, 3), torch.bfloat16, seed=132)
+        assert not _C._cudnn_conv_bias_act(u, K, b, "relu", torch.empty_like(u))
+    finally:
+        contres.set_cudnn_plan_cache_limit(limit)
+
+
+def test_a_process_with_built_plans_exits_cleanly():
+    """The plan cache is never destroyed: at exit its frontend graphs would be torn down after cuDNN and CUDA,
+    which can turn a clean exit into a crash (exit code 139)."""
+    import subprocess
+    import sys
+
+    code = ("import torch, contres\nfrom contres import _C\ntorch.backends.cudnn.allow_tf32 = True\n"
+            "u = torch.randn(2, 8, 6, 6, device='cuda', dtype=torch.bfloat16).contiguous("
+            "memory_format=torch.channels_last)\n"
+            "K = torch.randn(8, 8, 3, 3, device='cuda', dtype=torch.bfloat16).contiguous("
+            "memory_format=torch.channels_last)\n"
+            "b = torch.randn(8, device='cuda', dtype=torch.bfloat16)\n"
+            "assert _C._cudnn_conv_bias_act(u, K, b, 'relu', torch.empty_like(u))\nprint('built')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "built" in proc.stdout, (proc.returncode, proc.stderr[-2000:])

@@ -1,5 +1,5 @@
 // The plain (uncaptured) bodies of the two ops, for the device-specific entry points that wrap them (the CUDA one
-// may replay them from a captured graph, see cuda/paths.cpp).
+// may replay them from a captured graph, see cuda/entry.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 
 #include "methods.h"
+#ifdef CONTRES_WITH_CUDNN_FUSION
+#include "../cuda/cudnn_euler.h"  // the adjoint on the fused cuDNN graphs
+#endif
 
 namespace contres {
 
@@ -25,7 +28,6 @@ class EulerAdjoint final : public Adjoint {
       : p_(p), st_(st), w_(w), grads_(grads), lam_(grad_out) {}
 
   void steps(const Tape& tape, int64_t begin, int64_t end) override {
-    if (st_.fused_euler_adjoint()) return fused_steps(tape, begin, end);
     for (int64_t k = end - 1; k >= begin; --k) {
       // dL/du_{k+1} = lam + mu (mu: J^T of the step after), formed in mu's buffer by the same pass as the gate.
       Upstream up;
@@ -38,37 +40,23 @@ class EulerAdjoint final : public Adjoint {
     }
   }
 
-  at::Tensor finish() override {
-    if (pending_.g.defined()) return st_.fused_finish(lam_, pending_);
-    return mu_.add_(lam_);
-  }
+  at::Tensor finish() override { return mu_.add_(lam_); }
 
  private:
-  // The fused cuDNN graphs form the data gradient of step k + 1 with the gate of step k, in place in lam once
-  // lam is a buffer of ours.
-  void fused_steps(const Tape& tape, int64_t begin, int64_t end) {
-    for (int64_t k = end - 1; k >= begin; --k) {
-      at::Tensor lam_out = lam_;
-      if (pending_.g.defined() && !lam_owned_) lam_out = empty_state(p_), lam_owned_ = true;
-      pending_ = st_.fused_adjoint_step(lam_, pending_, lam_out, tape.state(k), w_.K[k], tape.aux(k, 0),
-                                        grads_.weight[k], grads_.bias[k]);
-      lam_ = lam_out;
-    }
-  }
-
   const Problem& p_;
   Stages& st_;
   const Weights& w_;
   const Grads& grads_;
   at::Tensor lam_, mu_;
-  Stages::Pending pending_;
-  bool lam_owned_ = false;  // lam_ starts as the caller's grad_out, which is never written
 };
 
 }  // namespace
 
 std::unique_ptr<Adjoint> make_euler_adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads,
                                             const at::Tensor& grad_out) {
+#ifdef CONTRES_WITH_CUDNN_FUSION
+  if (auto fused = make_cudnn_euler_adjoint(p, st, w, grads, grad_out)) return fused;
+#endif
   return std::make_unique<EulerAdjoint>(p, st, w, grads, grad_out);
 }
 

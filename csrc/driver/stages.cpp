@@ -5,6 +5,9 @@
 #include <optional>
 
 #include "../kernels.h"
+#ifdef CONTRES_WITH_CUDNN_FUSION
+#include "../cuda/cudnn_euler.h"  // Euler's steps on the fused cuDNN graphs
+#endif
 
 namespace contres {
 namespace {
@@ -86,7 +89,9 @@ void Stages::forward(const at::Tensor& U, const at::Tensor& K, const at::Tensor&
                      const at::Tensor& aux_out) {
   const Config& cfg = p_.cfg;
   if (!comb.any() && !aux_out.defined()) return;  // a recomputation that wants nothing of this evaluation
-  if (p_.fused_conv && fused_forward(U, K, b, comb, aux_out)) return;
+#ifdef CONTRES_WITH_CUDNN_FUSION
+  if (p_.fused_conv && cudnn_euler_forward(p_, U, K, b, comb, aux_out)) return;
+#endif
   const at::Tensor z = conv(U, K, b);
   if (cfg.layer == Layer::Single) {
     if (cfg.norm == Norm::Tv) {
@@ -183,29 +188,6 @@ at::Tensor Stages::adjoint(const Upstream& up, const at::Tensor& U, const at::Te
 void Stages::combine(const at::Tensor& out, const at::Tensor& lam, const at::Tensor& mu, double c_mu, double scale,
                      const at::Tensor& sum_in, const at::Tensor& sum_out) {
   GatePass pass{lam, mu, c_mu, {}, Act::Identity, Aux::None, scale, out, sum_in, sum_out, {}, p_.C};
-  run(pass);
-}
-
-#ifndef CONTRES_WITH_CUDNN_FUSION
-// Without the fused cuDNN graphs in the build (fused_conv is never set then).
-bool Stages::fused_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const Combination&,
-                           const at::Tensor&) {
-  return false;
-}
-bool Stages::fused_euler_adjoint() const { return false; }
-Stages::Pending Stages::fused_adjoint_step(const at::Tensor&, const Pending&, const at::Tensor&, const at::Tensor&,
-                                           const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                           const at::Tensor&) {
-  TORCH_CHECK(false, "contres: internal error: no fused cuDNN graphs in this build");
-}
-at::Tensor Stages::fused_finish(const at::Tensor&, const Pending&) {
-  TORCH_CHECK(false, "contres: internal error: no fused cuDNN graphs in this build");
-}
-#endif
-
-void Stages::lincomb(const at::Tensor& out, const at::Tensor& x0, double c0, const at::Tensor& x1, double c1,
-                     const at::Tensor& z, double alpha) {
-  ForwardPass pass{z, Act::Identity, Aux::None, {out, x0, x1, c0, c1, alpha}, {}};
   run(pass);
 }
 

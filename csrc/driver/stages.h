@@ -5,7 +5,6 @@
 
 #include <ATen/core/Tensor.h>
 
-#include <array>
 #include <cstdint>
 #include <functional>
 
@@ -58,42 +57,20 @@ class Stages {
   void combine(const at::Tensor& out, const at::Tensor& lam, const at::Tensor& mu, double c_mu, double scale = 1,
                const at::Tensor& sum_in = {}, const at::Tensor& sum_out = {});
 
-  // out = c0 * x0 + c1 * x1 (+ alpha * z when z is defined): one pass.
-  void lincomb(const at::Tensor& out, const at::Tensor& x0, double c0, const at::Tensor& x1, double c1,
-               const at::Tensor& z = {}, double alpha = 0);
-
-  // Euler's adjoint on the fused cuDNN graphs (cuda/fused_stages.cpp), where the data gradient of step k + 1 is
-  // formed inside the graph of step k's gate: mu stays pending as (g, K) until the next step or the end.
-  struct Pending {
-    at::Tensor g, K;  // mu = dgrad(g, K) = convT(g, K)
-  };
-  bool fused_euler_adjoint() const;  // the fused graphs serve this problem's Euler backward
-  // One step back: lam_out = lam + mu(pending) (or lam itself when nothing is pending), g of step k from it and
-  // the step's aux, dL/dK_k and dL/db_k; returns the step's pending mu. lam_out may alias lam.
-  Pending fused_adjoint_step(const at::Tensor& lam, const Pending& pending, const at::Tensor& lam_out,
-                             const at::Tensor& U, const at::Tensor& K, const at::Tensor& aux, const at::Tensor& dK,
-                             const at::Tensor& db);
-  // lam + mu(pending): dL/dx.
-  at::Tensor fused_finish(const at::Tensor& lam, const Pending& pending);
-
- private:
-  at::Tensor conv(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b) const;  // + b when defined
-  // dL/dK of conv(input, K) under upstream g, and dL/dinput when want_input.
+  // The convolution with the problem's padding (+ b when defined), and its gradients: dL/dK of conv(input, K)
+  // under upstream g, and dL/dinput when want_input.
+  at::Tensor conv(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b) const;
   std::tuple<at::Tensor, at::Tensor> conv_backward(const at::Tensor& g, const at::Tensor& input, const at::Tensor& K,
                                                    bool want_input) const;
-  void write_grad(const at::Tensor& target, const at::Tensor& value, bool accumulate) const;
   // g = scale * act'(aux) * (lam + c_mu mu) with the running sum; reduces the bias gradient into db.
   void gate(const Upstream& up, const at::Tensor& aux, const at::Tensor& z_for_tv, const at::Tensor& g,
             const at::Tensor& db, bool accumulate, const at::Tensor& a_out = {});
 
-  // The fused cuDNN graph of this evaluation's forward, when it can run it (cuda/fused_stages.cpp).
-  bool fused_forward(const at::Tensor& U, const at::Tensor& K, const at::Tensor& b, const Combination& comb,
-                     const at::Tensor& aux_out);
+ private:
+  void write_grad(const at::Tensor& target, const at::Tensor& value, bool accumulate) const;
 
   const Problem& p_;
   at::Tensor g_buffer_, v_buffer_;  // reused across evaluations
-  std::array<at::Tensor, 2> fused_g_;  // the fused backward's g, in turn (the pending one is read as the next is made)
-  int fused_turn_ = 0;
 };
 
 }  // namespace contres

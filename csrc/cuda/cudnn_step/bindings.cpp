@@ -18,13 +18,6 @@ namespace contres {
 namespace cudnn_fusion {
 namespace {
 
-GateInput parse_gate(const std::string& name) {
-  if (name == "none") return GateInput::None;
-  if (name == "mask") return GateInput::Mask;
-  if (name == "value") return GateInput::Value;
-  throw py::value_error("gate must be one of none, mask, value; got '" + name + "'");
-}
-
 template <typename T>
 T get_or(const py::dict& d, const char* key, T fallback) {
   return d.contains(key) ? d[key].cast<T>() : fallback;
@@ -41,7 +34,7 @@ GraphSpec spec_from(const py::dict& d) {
   s.W = d["W"].cast<int64_t>();
   s.k = get_or<int64_t>(d, "k", 3);
   s.act = parse<Act>(get_or<std::string>(d, "act", "identity"));
-  s.gate = parse_gate(get_or<std::string>(d, "gate", "none"));
+  s.gate = parse<Aux>(get_or<std::string>(d, "gate", "none"));
   s.gate_out = get_or<bool>(d, "gate_out", false);
   s.bias_out = get_or<bool>(d, "bias_out", false);
   s.scalar = get_or<double>(d, "scalar", 1.0);
@@ -84,7 +77,7 @@ void bind(py::module& m) {
       },
       py::arg("specs"), py::arg("device_properties_json"), py::arg("sm_version"), py::arg("build") = false,
       "Deviceless check of fused step graphs (see csrc/cuda/cudnn_step/check.h); one dict per spec dict.");
-  m.def("_cudnn_fusion_describe", [](const py::dict& spec) { return describe(spec_from(spec)); });
+  m.def("_cudnn_fusion_describe", [](const py::dict& spec) { return contres::describe(spec_from(spec)); });
   m.def("_cudnn_fusion_built_graphs", [] {
     py::list out;
     for (const auto& r : built_graphs()) {
@@ -97,7 +90,6 @@ void bind(py::module& m) {
     }
     return out;
   });
-  m.def("_cudnn_fusion_clear_cache", &clear_cache);
   m.def("_cudnn_fusion_supports", [](at::ScalarType dtype, int64_t C, int64_t k, const std::string& act) {
     return supports(dtype, C, k, parse<Act>(act));
   });
@@ -108,7 +100,7 @@ void bind(py::module& m) {
       [](const at::Tensor& u, const at::Tensor& K, const at::Tensor& b, double h, const std::string& act,
          const std::string& gate, const at::Tensor& u_next, const std::optional<at::Tensor>& gate_out) {
         py::gil_scoped_release no_gil;
-        return run_forward_single(u, K, b, h, parse<Act>(act), parse_gate(gate), u_next, or_undefined(gate_out));
+        return run_forward_single(u, K, b, h, parse<Act>(act), parse<Aux>(gate), u_next, or_undefined(gate_out));
       },
       py::arg("u"), py::arg("K"), py::arg("b"), py::arg("h"), py::arg("act"), py::arg("gate"), py::arg("u_next"),
       py::arg("gate_out") = py::none());
@@ -133,7 +125,7 @@ void bind(py::module& m) {
          const std::string& act, const std::string& kind, double scale, const at::Tensor& lam_out,
          const at::Tensor& g_out, const std::optional<at::Tensor>& bias_out) {
         py::gil_scoped_release no_gil;
-        return run_dgrad_gate(g, K, lam, or_undefined(gate), parse<Act>(act), parse_gate(kind), scale, lam_out,
+        return run_dgrad_gate(g, K, lam, or_undefined(gate), parse<Act>(act), parse<Aux>(kind), scale, lam_out,
                               g_out, or_undefined(bias_out));
       },
       py::arg("g"), py::arg("K"), py::arg("lam"), py::arg("gate"), py::arg("act"), py::arg("kind"), py::arg("scale"),
@@ -150,7 +142,7 @@ void bind(py::module& m) {
       [](const at::Tensor& v, const at::Tensor& K, const std::optional<at::Tensor>& gate, const std::string& act,
          const std::string& kind, double scale, const at::Tensor& g_out, const std::optional<at::Tensor>& bias_out) {
         py::gil_scoped_release no_gil;
-        return run_conv_gate(v, K, or_undefined(gate), parse<Act>(act), parse_gate(kind), scale, g_out,
+        return run_conv_gate(v, K, or_undefined(gate), parse<Act>(act), parse<Aux>(kind), scale, g_out,
                              or_undefined(bias_out));
       },
       py::arg("v"), py::arg("K"), py::arg("gate"), py::arg("act"), py::arg("kind"), py::arg("scale"),

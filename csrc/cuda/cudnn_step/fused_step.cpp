@@ -1,5 +1,5 @@
 // The ATen side of the fused step graphs: argument checks, the spec of each call, workspace, and the dispatch
-// to the plan cache of graphs.cpp.
+// to the plan cache (plan_cache.h).
 #include "fused_step.h"
 
 #include <ATen/Context.h>
@@ -16,26 +16,14 @@
 #include <optional>
 #include <utility>
 
+#include "../../describe.h"
+#include "../precision.h"
 #include "graph_spec.h"
-#include "graphs.h"
+#include "plan_cache.h"
 
 namespace contres {
 namespace cudnn_fusion {
 namespace {
-
-// torch.backends.cudnn.allow_tf32 as ATen's convolutions read it: per operator where the Context has the
-// Float32Op API (torch >= 2.10), else the one legacy flag. Detected from allowTF32CuDNN's signature.
-template <typename E>
-E float32_op_of(bool (at::Context::*)(std::optional<E>) const);
-
-template <typename Ctx, typename Op = decltype(float32_op_of(&Ctx::allowTF32CuDNN))>
-bool tf32_conv(const Ctx& ctx, int) {
-  return ctx.allowTF32CuDNN(Op::CONV);
-}
-template <typename Ctx>
-bool tf32_conv(const Ctx& ctx, long) {
-  return ctx.allowTF32CuDNN();
-}
 
 int sm_of(int device) {
   static std::array<std::atomic<int>, 64> cached{};  // 0: not asked yet
@@ -60,12 +48,12 @@ bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_
 // aligned (else the fused path cannot take it).
 bool state_operand(const at::Tensor& t, const at::Tensor& ref, at::ScalarType dtype, const char* name) {
   TORCH_CHECK(t.defined(), "contres cudnn_fusion: ", name, " is undefined");
-  TORCH_CHECK(t.sizes() == ref.sizes(), "contres cudnn_fusion: ", name, " has shape ", t.sizes(), ", expected ",
-              ref.sizes());
-  TORCH_CHECK(t.device() == ref.device(), "contres cudnn_fusion: ", name, " is on ", t.device().str(), ", expected ",
-              ref.device().str());
-  TORCH_CHECK(t.scalar_type() == dtype, "contres cudnn_fusion: ", name, " has dtype ", t.scalar_type(), ", expected ",
-              dtype);
+  TORCH_CHECK(t.sizes() == ref.sizes(), "contres cudnn_fusion: ", name, " has shape ", describe(t.sizes()),
+              ", expected ", describe(ref.sizes()));
+  TORCH_CHECK(t.device() == ref.device(), "contres cudnn_fusion: ", name, " is on ", describe(t.device()),
+              ", expected ", describe(ref.device()));
+  TORCH_CHECK(t.scalar_type() == dtype, "contres cudnn_fusion: ", name, " has dtype ", describe(t.scalar_type()),
+              ", expected ", describe(dtype));
   return t.is_contiguous(at::MemoryFormat::ChannelsLast) && aligned16(t);
 }
 
@@ -73,7 +61,7 @@ bool filter_operand(const at::Tensor& K, const at::Tensor& u) {
   TORCH_CHECK(K.defined() && K.dim() == 4 && K.size(0) == u.size(1) && K.size(1) == u.size(1) &&
                   K.size(2) == K.size(3) && K.size(2) % 2 == 1,
               "contres cudnn_fusion: K must be (C, C, k, k) with C = ", u.size(1), " and odd k, got ",
-              K.defined() ? K.sizes() : at::IntArrayRef{});
+              K.defined() ? describe(K.sizes()) : std::string("undefined"));
   TORCH_CHECK(K.device() == u.device() && K.scalar_type() == u.scalar_type(),
               "contres cudnn_fusion: K must have u's device and dtype");
   return K.is_contiguous(at::MemoryFormat::ChannelsLast) && aligned16(K);
@@ -81,7 +69,8 @@ bool filter_operand(const at::Tensor& K, const at::Tensor& u) {
 
 bool vector_operand(const at::Tensor& v, const at::Tensor& u, at::ScalarType dtype, const char* name) {
   TORCH_CHECK(v.dim() == 1 && v.size(0) == u.size(1) && v.device() == u.device() && v.scalar_type() == dtype,
-              "contres cudnn_fusion: ", name, " must be (", u.size(1), ") of dtype ", dtype, " on ", u.device().str());
+              "contres cudnn_fusion: ", name, " must be (", u.size(1), ") of dtype ", describe(dtype), " on ",
+              describe(u.device()));
   return v.is_contiguous() && aligned16(v);
 }
 
@@ -107,8 +96,8 @@ GraphSpec spec_of(GraphKind kind, const at::Tensor& u, int64_t k) {
   s.H = u.size(2);
   s.W = u.size(3);
   s.k = k;
-  s.tf32 = tf32_conv(at::globalContext(), 0);
-  s.deterministic = at::globalContext().deterministicAlgorithms();
+  s.tf32 = tf32_convolutions();
+  s.deterministic = deterministic();
   return s;
 }
 
@@ -125,7 +114,7 @@ bool run(const GraphSpec& spec, const at::Tensor& u, Operands ops, const at::Ten
   const auto plan = find_plan(spec, device, sm, !capturing);
   if (!plan) return false;
   at::Tensor workspace;
-  const int64_t ws = workspace_bytes(*plan);
+  const int64_t ws = plan->workspace;
   if (ws > 0) workspace = at::empty({ws}, u.options().dtype(at::kByte));
   if (bias_out.defined()) bias_out.zero_();
   return execute(*plan, ops, ws > 0 ? workspace.data_ptr() : nullptr);
@@ -181,7 +170,7 @@ bool supports(at::ScalarType dtype, int64_t C, int64_t kernel_size, Act act) {
 }
 
 bool run_forward_single(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b, double h, Act act,
-                        GateInput kind, const at::Tensor& u_next, const at::Tensor& gate_out) {
+                        Aux kind, const at::Tensor& u_next, const at::Tensor& gate_out) {
   if (!fusable(u)) return false;
   const auto dt = u.scalar_type();
   bool ok = state_operand(u, u, dt, "u");
@@ -190,7 +179,7 @@ bool run_forward_single(const at::Tensor& u, const at::Tensor& K, const at::Tens
   ok &= state_operand(u_next, u, dt, "u_next");
   check_no_overlap(u_next, {u, K, b}, {}, "u_next");
   if (gate_out.defined()) {
-    ok &= state_operand(gate_out, u, kind == GateInput::Mask ? at::kByte : dt, "gate_out");
+    ok &= state_operand(gate_out, u, kind == Aux::Mask ? at::kByte : dt, "gate_out");
     check_no_overlap(gate_out, {u, K, b, u_next}, {}, "gate_out");
   }
   if (!ok) return false;
@@ -234,17 +223,17 @@ bool run_conv_axpy(const at::Tensor& v, const at::Tensor& K, const at::Tensor& b
 }
 
 bool run_dgrad_gate(const at::Tensor& g, const at::Tensor& K, const at::Tensor& lam, const at::Tensor& gate, Act act,
-                    GateInput kind, double scale, const at::Tensor& lam_out, const at::Tensor& g_out,
+                    Aux kind, double scale, const at::Tensor& lam_out, const at::Tensor& g_out,
                     const at::Tensor& bias_out) {
   if (!fusable(g)) return false;
   const auto dt = g.scalar_type();
-  const bool reads_gate = act != Act::Identity && kind != GateInput::None;
+  const bool reads_gate = act != Act::Identity && kind != Aux::None;
   bool ok = state_operand(g, g, dt, "g");
   ok &= filter_operand(K, g);
   ok &= state_operand(lam, g, dt, "lam");
   ok &= state_operand(lam_out, g, dt, "lam_out");
   ok &= state_operand(g_out, g, dt, "g_out");
-  if (reads_gate) ok &= state_operand(gate, g, kind == GateInput::Mask ? at::kByte : dt, "gate");
+  if (reads_gate) ok &= state_operand(gate, g, kind == Aux::Mask ? at::kByte : dt, "gate");
   if (bias_out.defined()) ok &= vector_operand(bias_out, g, at::kFloat, "bias_out");
   check_no_overlap(lam_out, {g, K, lam, gate}, lam, "lam_out");
   check_no_overlap(g_out, {g, K, lam, gate, lam_out}, {}, "g_out");
@@ -252,7 +241,7 @@ bool run_dgrad_gate(const at::Tensor& g, const at::Tensor& K, const at::Tensor& 
   if (!ok) return false;
   auto s = spec_of(GraphKind::DgradGate, g, K.size(2));
   s.act = act;
-  s.gate = reads_gate ? kind : GateInput::None;  // identity: act' = 1 whatever the gate
+  s.gate = reads_gate ? kind : Aux::None;  // identity: act' = 1 whatever the gate
   s.bias_out = bias_out.defined();
   s.scalar = scale;
   Operands ops;
@@ -271,22 +260,22 @@ bool run_dgrad_add(const at::Tensor& g, const at::Tensor& K, const at::Tensor& l
   return run_with_addend(GraphKind::DgradAdd, g, K, lam, alpha, lam_out, {"g", "lam", "lam_out"});
 }
 
-bool run_conv_gate(const at::Tensor& v, const at::Tensor& K, const at::Tensor& gate, Act act, GateInput kind,
+bool run_conv_gate(const at::Tensor& v, const at::Tensor& K, const at::Tensor& gate, Act act, Aux kind,
                    double scale, const at::Tensor& g_out, const at::Tensor& bias_out) {
   if (!fusable(v)) return false;
   const auto dt = v.scalar_type();
-  const bool reads_gate = act != Act::Identity && kind != GateInput::None;
+  const bool reads_gate = act != Act::Identity && kind != Aux::None;
   bool ok = state_operand(v, v, dt, "v");
   ok &= filter_operand(K, v);
   ok &= state_operand(g_out, v, dt, "g_out");
-  if (reads_gate) ok &= state_operand(gate, v, kind == GateInput::Mask ? at::kByte : dt, "gate");
+  if (reads_gate) ok &= state_operand(gate, v, kind == Aux::Mask ? at::kByte : dt, "gate");
   if (bias_out.defined()) ok &= vector_operand(bias_out, v, at::kFloat, "bias_out");
   check_no_overlap(g_out, {v, K, gate}, {}, "g_out");
   if (bias_out.defined()) check_no_overlap(bias_out, {v, K, gate, g_out}, {}, "bias_out");
   if (!ok) return false;
   auto s = spec_of(GraphKind::ConvGate, v, K.size(2));
   s.act = act;
-  s.gate = reads_gate ? kind : GateInput::None;
+  s.gate = reads_gate ? kind : Aux::None;
   s.bias_out = bias_out.defined();
   s.scalar = scale;
   Operands ops;
@@ -303,9 +292,10 @@ bool run_wgrad(const at::Tensor& u, const at::Tensor& g, const at::Tensor& dK_ou
   const auto dt = u.scalar_type();
   TORCH_CHECK(dK_out.defined() && dK_out.dim() == 4 && dK_out.size(0) == u.size(1) && dK_out.size(1) == u.size(1) &&
                   dK_out.size(2) == dK_out.size(3) && dK_out.size(2) % 2 == 1 && dK_out.device() == u.device(),
-              "contres cudnn_fusion: dK_out must be (C, C, k, k) with C = ", u.size(1), ", odd k, on ", u.device().str());
+              "contres cudnn_fusion: dK_out must be (C, C, k, k) with C = ", u.size(1), ", odd k, on ",
+              describe(u.device()));
   TORCH_CHECK(dK_out.scalar_type() == at::kFloat || dK_out.scalar_type() == dt,
-              "contres cudnn_fusion: dK_out must be float32 or ", dt);
+              "contres cudnn_fusion: dK_out must be float32 or ", describe(dt));
   const bool krsc = dK_out.is_contiguous(at::MemoryFormat::ChannelsLast);
   bool ok = state_operand(u, u, dt, "u");
   ok &= state_operand(g, u, dt, "g");

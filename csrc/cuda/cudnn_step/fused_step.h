@@ -38,18 +38,16 @@ namespace cudnn_fusion {
 // elementwise passes' NaN, and a NaN a = act(z) in a Value gate is cuDNN's to decide; tanh and sigmoid are
 // cuDNN's TANH_FWD / SIGMOID_FWD (a few ulps from libm's).
 
-// Per element, what the backward needs to form act'(z), as the graphs read and write it.
-enum class GateInput : int64_t {
-  None = 0,   // act' = 1 (identity)
-  Mask = 1,   // uint8, one byte per element: 1 where Activation<A>::mask_bit(z) (relu: !(z <= 0); leaky: z > 0)
-  Value = 2,  // a = act(z) in the state dtype; act' = Activation<A>::df_value(a)
-};
+// The gate of a graph, what the backward needs per element to form act'(z), is config.h's Aux, with one
+// difference: a Mask gate is one byte per element (0/1, activations.h's mask_bit(z): relu !(z <= 0), leaky_relu
+// z > 0), not the saved aux's bits (the caller packs and unpacks them). None: act' = 1 (identity); Value:
+// a = act(z) in the state dtype, act' = Activation<A>::df_value(a). Pre is no gate of a graph.
 
-// Forward, single layer:  u_next = u + h * act(conv(u, K) + b); gate_out (when defined) gets the GateInput of
+// Forward, single layer:  u_next = u + h * act(conv(u, K) + b); gate_out (when defined) gets the gate of
 // z = conv(u, K) + b: Mask bytes (relu, leaky_relu) or Value act(z). u_next must not alias u (the convolution
 // reads u's neighbours).
 bool run_forward_single(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b, double h, Act act,
-                        GateInput kind, const at::Tensor& u_next, const at::Tensor& gate_out);
+                        Aux kind, const at::Tensor& u_next, const at::Tensor& gate_out);
 
 // Forward, double_sym, first half: a_out = act(conv(u, K) + b).
 bool run_conv_bias_act(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b, Act act,
@@ -69,7 +67,7 @@ bool run_conv_axpy(const at::Tensor& v, const at::Tensor& K, const at::Tensor& b
 //   pass no bias_out there and reduce g_out yourself.
 // lam_out may alias lam.
 bool run_dgrad_gate(const at::Tensor& g, const at::Tensor& K, const at::Tensor& lam, const at::Tensor& gate, Act act,
-                    GateInput kind, double scale, const at::Tensor& lam_out, const at::Tensor& g_out,
+                    Aux kind, double scale, const at::Tensor& lam_out, const at::Tensor& g_out,
                     const at::Tensor& bias_out);
 
 // lam_out = lam + alpha * dgrad(g, K). alpha = 1: the last step of the backward (dL/dx); alpha = -h with g = a:
@@ -79,7 +77,7 @@ bool run_dgrad_add(const at::Tensor& g, const at::Tensor& K, const at::Tensor& l
 
 // Backward of double_sym: g_out = scale * act'(gate) * conv(v, K) (no bias); bias_out = sum over (B, H, W) of
 // g_out (float32, (C)), when defined (as for run_dgrad_gate).
-bool run_conv_gate(const at::Tensor& v, const at::Tensor& K, const at::Tensor& gate, Act act, GateInput kind,
+bool run_conv_gate(const at::Tensor& v, const at::Tensor& K, const at::Tensor& gate, Act act, Aux kind,
                    double scale, const at::Tensor& g_out, const at::Tensor& bias_out);
 
 // Weight gradient through cuDNN's frontend: dK_out ((C, C, k, k), float32 or the state dtype, channels_last or
@@ -97,8 +95,7 @@ struct GraphRecord {
   double build_s = 0;  // seconds the first build (NVRTC compile included) took
   int64_t runs = 0;    // executions so far
 };
-std::vector<GraphRecord> built_graphs();
-void clear_cache();
+std::vector<GraphRecord> built_graphs();  // the plan cache (cuda_caches.h: its limit, stats, emptying)
 
 }  // namespace cudnn_fusion
 }  // namespace contres

@@ -1,6 +1,6 @@
 // What identifies one fused graph: the plan cache's key, and what the CPU-side check (check.h) builds. Plain
-// data, no cuDNN: shared by the ATen side (fused_step.cpp), the cuDNN frontend side (graphs.cpp) and the
-// Python bindings.
+// data, no cuDNN: shared by the ATen side (fused_step.cpp), the plan cache, the frontend side (graph_build.cpp)
+// and the Python bindings.
 #pragma once
 
 #include <c10/core/ScalarType.h>
@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "../../describe.h"
 #include "fused_step.h"
 
 namespace contres {
@@ -26,14 +27,13 @@ constexpr int kNumGraphKinds = 7;
 
 const char* kind_name(GraphKind kind);
 bool parse_kind(const std::string& name, GraphKind* kind);  // false for an unknown name
-const char* gate_name(GateInput gate);
 
 struct GraphSpec {
   GraphKind kind = GraphKind::FwdSingle;
   at::ScalarType dtype = at::kFloat;  // of every state-sized tensor, K and b
   int64_t B = 0, C = 0, H = 0, W = 0, k = 3;
   Act act = Act::Identity;            // FwdSingle, ConvBiasAct, DgradGate, ConvGate
-  GateInput gate = GateInput::None;   // FwdSingle (written, when gate_out), DgradGate and ConvGate (read)
+  Aux gate = Aux::None;               // FwdSingle (written, when gate_out), DgradGate and ConvGate (read)
   bool gate_out = false;              // FwdSingle: writes the gate of z
   bool bias_out = false;              // DgradGate, ConvGate: also reduces the bias gradient (float32)
   double scalar = 1.0;                // h (FwdSingle), alpha (ConvAxpy, DgradAdd), scale (DgradGate, ConvGate)
@@ -45,14 +45,15 @@ struct GraphSpec {
 
 // Whether act' can be formed from this gate (and, for FwdSingle, whether the gate can be written): Mask for
 // relu and leaky_relu, Value for every activation, None for identity (whose act' is 1 whatever the gate).
-bool gate_fits(Act act, GateInput gate, bool writes);
+bool gate_fits(Act act, Aux gate, bool writes);
 
 // Argument-free checks of a spec: dtype, channel alignment, odd kernel, positive sizes, gate. Empty when fine,
 // else why not.
 std::string spec_problem(const GraphSpec& spec);
 
-// A readable, exact description (scalars in hex float): the cache key, and GraphRecord::key.
-std::string describe(const GraphSpec& spec);
-
 }  // namespace cudnn_fusion
+
+// A readable, exact description (scalars in hex float): the plan cache's key, and GraphRecord::key.
+std::string describe(const cudnn_fusion::GraphSpec& spec);
+
 }  // namespace contres

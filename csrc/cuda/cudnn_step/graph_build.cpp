@@ -1,44 +1,18 @@
-// The cuDNN frontend side of the fused step graphs: one graph per GraphSpec (a convolution and its pointwise
-// epilogue, which cuDNN's runtime-fusion engines compile into one kernel with NVRTC), the plan cache, execution,
-// and the deviceless CPU-side check. The only translation unit that includes the frontend.
-#include "graphs.h"
-
+// Graph building of the fused step graphs: one frontend graph per GraphSpec (a convolution and its pointwise
+// epilogue, which cuDNN's runtime-fusion engines compile into one kernel with NVRTC), and its build for the
+// current device through the heuristics' first buildable plan.
 #include <ATen/cudnn/Handle.h>
 
-// What the frontend includes from CUDA, cuDNN, NVRTC and libdl comes first, with its normal visibility; the
-// frontend's own inline code is then compiled hidden, so it stays private to this library (libtorch_cuda carries
-// its own, older copy of the frontend).
-#include <cuda.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-#include <cudnn.h>
-#include <dlfcn.h>
-#include <nvrtc.h>
-
-#include <atomic>
-#include <chrono>
-#include <map>
-#include <mutex>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
-#include "check.h"
-
-#define CUDNN_FRONTEND_SKIP_JSON_LIB  // not needed here, and it halves the compile time of this file
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wunused-function"  // static helpers in the frontend's headers
-#pragma GCC visibility push(hidden)
-#include <cudnn_frontend.h>
-#pragma GCC visibility pop
-#pragma GCC diagnostic pop
+#include "device_graph.h"
+#include "frontend.h"
 
 namespace contres {
 namespace cudnn_fusion {
 namespace {
 
-namespace fe = cudnn_frontend;
 using TensorPtr = std::shared_ptr<fe::graph::Tensor_attributes>;
 using fe::PointwiseMode_t;
 
@@ -172,8 +146,8 @@ class GraphMaker {
   // compare-and-select it compiles in runtime fusion's non-tensor-core engine (true float32).
   TensorPtr scaled_gate(const TensorPtr& v) {
     const auto scale = scalar(static_cast<float>(s_.scalar));
-    if (s_.act == Act::Identity || s_.gate == GateInput::None) return pw(PointwiseMode_t::MUL, v, scale);
-    const auto gate = state(kGate, s_.gate == GateInput::Mask ? at::kByte : s_.dtype);
+    if (s_.act == Act::Identity || s_.gate == Aux::None) return pw(PointwiseMode_t::MUL, v, scale);
+    const auto gate = state(kGate, s_.gate == Aux::Mask ? at::kByte : s_.dtype);
     if (s_.act == Act::Relu || s_.act == Act::LeakyRelu) {
       auto attrs = fe::graph::Pointwise_attributes().set_mode(PointwiseMode_t::RELU_BWD);
       if (s_.act == Act::LeakyRelu) attrs.set_relu_lower_clip_slope(static_cast<float>(kLeakySlope));
@@ -191,7 +165,7 @@ class GraphMaker {
     output(kOut, pw(PointwiseMode_t::ADD, pw(PointwiseMode_t::MUL, a, scalar(static_cast<float>(s_.scalar))),
                     state(kIn)));
     if (!s_.gate_out) return;
-    if (s_.gate == GateInput::Mask)
+    if (s_.gate == Aux::Mask)
       output(kOut2, positive(a), at::kByte);
     else
       output(kOut2, a);
@@ -230,6 +204,29 @@ class GraphMaker {
   TensorPtr operands_[kNumRoles];
 };
 
+#define CONTRES_FE_TRY(stage, call)                                                 \
+  do {                                                                              \
+    auto status_ = (call);                                                          \
+    if (!status_.is_good()) return std::string(stage) + ": " + status_.get_message(); \
+  } while (0)
+
+// Builds graph for the current device. Empty when it worked, else what failed.
+std::string build_on_device(fe::graph::Graph& graph, const GraphSpec& spec, int sm) {
+  const cudnnHandle_t handle = at::native::getCudnnHandle();  // bound to the current stream by ATen
+  graph.set_sm_version(sm);
+  CONTRES_FE_TRY("validate", graph.validate());
+  CONTRES_FE_TRY("operation graph", graph.build_operation_graph(handle));
+  CONTRES_FE_TRY("heuristics", graph.create_execution_plans(heuristics()));
+  deselect_engines(graph, spec);
+  CONTRES_FE_TRY("check_support", graph.check_support());
+  CONTRES_FE_TRY("build", graph.build_plans(fe::BuildPlanPolicy_t::HEURISTICS_CHOICE));
+  return {};
+}
+
+}  // namespace
+
+std::shared_ptr<fe::graph::Graph> make_graph(const GraphSpec& spec) { return GraphMaker(spec).make(); }
+
 // Engines whose numerics the spec does not allow: inputs converted to a narrower type and reductions in a
 // narrower type always (the compute type is float); TF32 tensor cores for float32 when TF32 is off; atomics-based
 // (nondeterministic) engines when determinism is asked for.
@@ -241,210 +238,21 @@ void deselect_engines(fe::graph::Graph& graph, const GraphSpec& spec) {
   graph.deselect_numeric_notes(barred);
 }
 
-const std::vector<fe::HeurMode_t> kHeuristics = {fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK};
-
-#define CONTRES_FE_TRY(stage, call)                                                 \
-  do {                                                                              \
-    auto status_ = (call);                                                          \
-    if (!status_.is_good()) return std::string(stage) + ": " + status_.get_message(); \
-  } while (0)
-
-// Builds graph for the current device through its heuristics' first buildable plan. Empty when it worked,
-// else what failed.
-std::string build_on_device(fe::graph::Graph& graph, const GraphSpec& spec, int sm) {
-  const cudnnHandle_t handle = at::native::getCudnnHandle();  // bound to the current stream by ATen
-  graph.set_sm_version(sm);
-  CONTRES_FE_TRY("validate", graph.validate());
-  CONTRES_FE_TRY("operation graph", graph.build_operation_graph(handle));
-  CONTRES_FE_TRY("heuristics", graph.create_execution_plans(kHeuristics));
-  deselect_engines(graph, spec);
-  CONTRES_FE_TRY("check_support", graph.check_support());
-  CONTRES_FE_TRY("build", graph.build_plans(fe::BuildPlanPolicy_t::HEURISTICS_CHOICE));
-  return {};
+const std::vector<fe::HeurMode_t>& heuristics() {
+  static const std::vector<fe::HeurMode_t> modes = {fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK};
+  return modes;
 }
 
-}  // namespace
-
-// Hidden like the frontend graph it holds.
-struct __attribute__((visibility("hidden"))) Plan {
-  std::string key;
-  std::mutex build_mutex;
-  bool tried = false;   // a build was attempted (under build_mutex)
-  bool usable = false;  // built, and no execution failed since
-  std::string plan;     // engine name, or "unsupported: <why>"
-  double build_s = 0;
-  int64_t workspace = 0;
-  std::atomic<int64_t> runs{0};
-  std::shared_ptr<fe::graph::Graph> graph;
-};
-
-namespace {
-
-std::mutex cache_mutex;
-std::map<std::string, std::shared_ptr<Plan>> cache;  // by device and describe(spec)
-
-void build_plan(Plan& plan, const GraphSpec& spec, int sm) {
-  const auto t0 = std::chrono::steady_clock::now();
-  std::string why;
+BuiltGraph build_graph(const GraphSpec& spec, int sm) {
+  BuiltGraph out;
   try {
-    plan.graph = GraphMaker(spec).make();
-    why = build_on_device(*plan.graph, spec, sm);
-    if (why.empty()) {
-      std::string name;
-      why = plan.graph->get_plan_name(name).is_good() ? "" : "no plan name";
-      plan.plan = name;
-      int64_t ws = 0;
-      if (why.empty() && !plan.graph->get_workspace_size(ws).is_good()) why = "no workspace size";
-      plan.workspace = ws;
-    }
+    auto graph = make_graph(spec);
+    out.error = build_on_device(*graph, spec, sm);
+    if (out.error.empty() && !graph->get_plan_name(out.engine).is_good()) out.error = "no plan name";
+    if (out.error.empty() && !graph->get_workspace_size(out.workspace).is_good()) out.error = "no workspace size";
+    if (out.error.empty()) out.graph = std::make_shared<DeviceGraph>(DeviceGraph{std::move(graph)});
   } catch (const std::exception& e) {  // the frontend's descriptor builders throw on backend errors
-    why = e.what();
-  }
-  plan.build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  plan.tried = true;
-  plan.usable = why.empty();
-  if (!plan.usable) {
-    plan.plan = "unsupported: " + why;
-    plan.graph.reset();
-  }
-}
-
-}  // namespace
-
-std::shared_ptr<Plan> find_plan(const GraphSpec& spec, int device, int sm, bool may_build) {
-  const std::string key = "cuda:" + std::to_string(device) + " sm" + std::to_string(sm) + " " + describe(spec);
-  std::shared_ptr<Plan> plan;
-  {
-    const std::lock_guard<std::mutex> lock(cache_mutex);
-    auto& slot = cache[key];
-    if (!slot) {
-      slot = std::make_shared<Plan>();
-      slot->key = key;
-    }
-    plan = slot;
-  }
-  const std::lock_guard<std::mutex> lock(plan->build_mutex);  // one build per key; later callers wait for it
-  if (!plan->tried) {
-    if (!may_build) return nullptr;
-    build_plan(*plan, spec, sm);
-  }
-  return plan->usable ? plan : nullptr;
-}
-
-int64_t workspace_bytes(const Plan& plan) { return plan.workspace; }
-
-bool execute(Plan& plan, const Operands& operands, void* workspace) {
-  std::unordered_map<int64_t, void*> pack;
-  for (int r = 0; r < kNumRoles; ++r)
-    if (operands.ptr[r]) pack.emplace(r + 1, operands.ptr[r]);
-  bool ok = false;
-  std::string why;
-  try {
-    auto status = plan.graph->execute(at::native::getCudnnHandle(), pack, workspace);
-    ok = status.is_good();
-    if (!ok) why = status.get_message();
-  } catch (const std::exception& e) {
-    why = e.what();
-  }
-  if (!ok) {
-    const std::lock_guard<std::mutex> lock(plan.build_mutex);
-    plan.usable = false;
-    plan.plan = "unsupported: execute: " + why;
-    return false;
-  }
-  plan.runs.fetch_add(1, std::memory_order_relaxed);
-  return true;
-}
-
-std::vector<GraphRecord> built_graphs() {
-  std::vector<std::shared_ptr<Plan>> plans;
-  {
-    const std::lock_guard<std::mutex> lock(cache_mutex);
-    for (const auto& kv : cache) plans.push_back(kv.second);
-  }
-  std::vector<GraphRecord> out;
-  for (const auto& p : plans) {
-    const std::lock_guard<std::mutex> lock(p->build_mutex);
-    if (p->tried) out.push_back({p->key, p->plan, p->build_s, p->runs.load(std::memory_order_relaxed)});
-  }
-  return out;
-}
-
-void clear_cache() {
-  const std::lock_guard<std::mutex> lock(cache_mutex);
-  cache.clear();  // plans in use elsewhere live on through their shared_ptr
-}
-
-// ---- deviceless check -------------------------------------------------------------------------------------
-
-namespace {
-
-void check_one(const GraphSpec& spec, const std::shared_ptr<const fe::DeviceProperties>& props, int sm, bool build,
-               CheckResult& r) {
-  auto graph = GraphMaker(spec).make();
-  auto fail = [&r](const char* stage, fe::error_t status) {
-    r.error = std::string(stage) + ": " + status.get_message();
-  };
-  auto st = graph->validate();
-  if (!st.is_good()) return fail("validate", st);
-  r.validated = true;
-  if (!props) return;
-  graph->set_device_properties(props).set_sm_version(sm);
-  st = graph->build_operation_graph();
-  if (!st.is_good()) return fail("operation graph", st);
-  r.lowered = true;
-  st = graph->create_execution_plans(kHeuristics);
-  for (int64_t i = 0; i < graph->get_execution_plan_count(); ++i) {
-    std::string name;
-    if (graph->get_plan_name_at_index(i, name).is_good()) r.engines.push_back(name);
-  }
-  if (!st.is_good()) return fail("heuristics", st);
-  deselect_engines(*graph, spec);
-  st = graph->check_support();
-  if (!st.is_good()) return fail("check_support", st);
-  r.supported = true;
-  if (!build) return;
-  // The first config that passes the filters, as build_plans(HEURISTICS_CHOICE) would try it. Configs the
-  // filters barred fail at once, with the frontend's "Deselecting" message, and are skipped.
-  for (int64_t i = 0; i < graph->get_execution_plan_count(); ++i) {
-    st = graph->build_plan_at_index(i);
-    const std::string msg = st.get_message();
-    const bool barred = msg.find("Deselecting") != std::string::npos || msg.find("Skipping plan") != std::string::npos;
-    if (!st.is_good() && barred) continue;
-    r.built_plan = i < static_cast<int64_t>(r.engines.size()) ? r.engines[i] : std::to_string(i);
-    r.build_error = st.is_good() ? "" : msg;
-    return;
-  }
-  r.build_error = "no config left to build";
-}
-
-}  // namespace
-
-std::vector<CheckResult> check_graphs(const std::vector<GraphSpec>& specs, const std::string& device_properties_json,
-                                      int sm_version, bool build) {
-  std::shared_ptr<fe::DeviceProperties> props;
-  std::string props_error;
-  if (!device_properties_json.empty()) {
-    props = std::make_shared<fe::DeviceProperties>();
-    const std::vector<uint8_t> bytes(device_properties_json.begin(), device_properties_json.end());
-    auto st = props->deserialize(bytes);
-    if (!st.is_good()) {
-      props_error = "device properties: " + st.get_message();
-      props.reset();
-    }
-  }
-  std::vector<CheckResult> out(specs.size());
-  for (size_t i = 0; i < specs.size(); ++i) {
-    CheckResult& r = out[i];
-    r.key = describe(specs[i]);
-    r.error = spec_problem(specs[i]);
-    if (!r.error.empty()) continue;
-    try {
-      check_one(specs[i], props, sm_version, build, r);
-    } catch (const std::exception& e) {
-      if (r.error.empty()) r.error = e.what();
-    }
-    if (r.error.empty() && !props_error.empty() && r.validated && !r.lowered) r.error = props_error;
+    out.error = e.what();
   }
   return out;
 }

@@ -1,4 +1,5 @@
-// The CUDA entry points of the ops: which path runs a call (paths.h), and the CUDA graph around it.
+// The CUDA entry points of the ops (driver/entry.h): the path the current settings choose for a call (paths.h),
+// and the CUDA graph around it when graphs are on.
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 
@@ -9,6 +10,7 @@
 #include "../driver/entry.h"
 #include "../paths.h"
 #include "graphs/graph_cache.h"
+#include "precision.h"
 
 namespace contres {
 namespace {
@@ -16,29 +18,26 @@ namespace {
 // "auto" runs ATen's convolutions step by step: the fused graphs and CUDA graphs are chosen explicitly
 // (set_cuda_paths / CONTRES_CUDA_CONV, CONTRES_CUDA_GRAPHS) until GPU measurements set the rule.
 bool use_graphs(const PathSettings& s) {
-  if (s.graphs != GraphMode::On) return false;
-  return !at::globalContext().deterministicAlgorithms();  // keep deterministic runs on the plain, checked path
+  return s.graphs == GraphMode::On && !deterministic();  // deterministic runs stay on the plain, checked path
 }
 
 // The fused cuDNN graphs when asked for and built (each step falls back to ATen where a graph cannot run).
 bool use_fused(const PathSettings& s) {
 #ifdef CONTRES_WITH_CUDNN_FUSION
-  return s.conv == ConvPath::Fused && !at::globalContext().deterministicAlgorithms();
+  return s.conv == ConvPath::Fused && !deterministic();
 #else
+  (void)s;
   return false;
 #endif
 }
 
-// Formatted without streams (see describe in saved.h); h enters by its bits, so steps that differ in one bit differ.
-std::string graph_key(const at::Tensor& x, const at::Tensor& weight, const Call& c, const std::string& conv) {
+// The call's configuration, step and path; h enters by its bits, so steps that differ in one bit differ.
+std::string config_key(const Call& c, const std::string& conv) {
   uint64_t h_bits = 0;
   std::memcpy(&h_bits, &c.h, sizeof h_bits);
-  std::string key = std::string(name_of(c.cfg.method)) + '|' + name_of(c.cfg.layer) + '|' + name_of(c.cfg.act) + '|' +
-                    name_of(c.cfg.norm) + '|' + name_of(c.cfg.memory) + '|' + std::to_string(c.cfg.checkpoint);
-  for (const at::Tensor* t : {&x, &weight})
-    for (const int64_t s : t->sizes()) key += ',' + std::to_string(s);
-  return key + '|' + c10::toString(x.scalar_type()) + '|' + x.device().str() + '|' + std::to_string(h_bits) + '|' +
-         conv;
+  return std::string(name_of(c.cfg.method)) + '|' + name_of(c.cfg.layer) + '|' + name_of(c.cfg.act) + '|' +
+         name_of(c.cfg.norm) + '|' + name_of(c.cfg.memory) + '|' + std::to_string(c.cfg.checkpoint) + "|h=" +
+         std::to_string(h_bits) + '|' + conv;
 }
 
 // The call with the convolution path of the current settings, the path's name, and whether to use graphs.
@@ -67,7 +66,8 @@ ForwardResult cuda_forward(const at::Tensor& x, const at::Tensor& weight, const 
     auto body = [&call](const at::Tensor& xs, const at::Tensor& ws, const at::Tensor& bs) {
       return forward_impl(xs, ws, bs, call);
     };
-    if (auto r = cuda_graphs::forward(graph_key(x, weight, call, conv), x, weight, bias, body)) {
+    const std::string key = cuda_graphs::key_of(config_key(call, conv), x, weight, bias);
+    if (auto r = cuda_graphs::forward(key, x, weight, bias, body)) {
       record_path(Direction::Forward, "cuda:" + conv + "+graph");
       return *r;
     }
