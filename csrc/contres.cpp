@@ -91,6 +91,8 @@ PYBIND11_MODULE(_C, m) {
     d["cached_bytes"] = s.cached_bytes;
     d["cached_blocks"] = s.cached_blocks;
     d["limit_bytes"] = s.limit_bytes;
+    d["in_use_bytes"] = s.in_use_bytes;
+    d["working_set_bytes"] = s.working_set_bytes;
     d["hits"] = s.hits;
     d["misses"] = s.misses;
     d["evictions"] = s.evictions;
@@ -99,6 +101,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_pool_set_limit", &contres::pool_set_limit, py::arg("bytes"));
   m.def("cpu_pool_empty", &contres::pool_empty);
   m.def("cpu_pool_reset_counters", &contres::pool_reset_counters);
+  m.def("cpu_pool_block_bytes", [](uintptr_t data) { return contres::pool_block_bytes(reinterpret_cast<void*>(data)); },
+        py::arg("data_ptr"));
 #ifdef CONTRES_WITH_CUDNN_FUSION
   contres::cudnn_fusion::bind(m);
 #endif
