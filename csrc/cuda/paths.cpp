@@ -34,7 +34,8 @@ std::string graph_key(const at::Tensor& x, const at::Tensor& weight, const Call&
   uint64_t h_bits = 0;
   std::memcpy(&h_bits, &c.h, sizeof h_bits);
   std::string key = std::string(name_of(c.cfg.method)) + '|' + name_of(c.cfg.layer) + '|' + name_of(c.cfg.act) + '|' +
-                    name_of(c.cfg.norm) + '|' + name_of(c.cfg.memory) + '|' + std::to_string(c.cfg.checkpoint);
+                    name_of(c.cfg.norm) + '|' + name_of(c.cfg.memory) + '|' + std::to_string(c.cfg.checkpoint) + '|' +
+                    name_of(c.interp) + std::to_string(c.dims.n_steps);
   for (const at::Tensor* t : {&x, &weight})
     for (const int64_t s : t->sizes()) key += ',' + std::to_string(s);
   return key + '|' + c10::toString(x.scalar_type()) + '|' + x.device().str() + '|' + std::to_string(h_bits) + '|' +

@@ -12,7 +12,7 @@ void euler_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& tap
     const at::Tensor next = tape.state(k + 1);
     Combination comb;
     if (next.defined()) comb.out = next, comb.x0 = u, comb.alpha = p.h;
-    st.forward(u, w.K[k], w.b[k], comb, tape.aux(k, 0));
+    st.forward(u, w.K(k), w.b(k), comb, tape.aux(k, 0));
     u = next;
   }
 }
@@ -21,7 +21,7 @@ namespace {
 
 class EulerAdjoint final : public Adjoint {
  public:
-  EulerAdjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads, const at::Tensor& grad_out)
+  EulerAdjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads, const at::Tensor& grad_out)
       : p_(p), st_(st), w_(w), grads_(grads), lam_(grad_out) {}
 
   void steps(const Tape& tape, int64_t begin, int64_t end) override {
@@ -31,8 +31,7 @@ class EulerAdjoint final : public Adjoint {
       Upstream up;
       up.lam = lam_, up.mu = mu_, up.scale = p_.h;
       if (mu_.defined()) up.sum_out = mu_;
-      at::Tensor mu = st_.adjoint(up, tape.state(k), w_.K[k], tape.aux(k, 0), grads_.weight[k], grads_.bias[k],
-                                  false, true);
+      at::Tensor mu = adjoint_at(st_, up, tape.state(k), w_, grads_, k, tape.aux(k, 0));
       if (mu_.defined()) lam_ = mu_;
       mu_ = mu;
     }
@@ -50,8 +49,10 @@ class EulerAdjoint final : public Adjoint {
     for (int64_t k = end - 1; k >= begin; --k) {
       at::Tensor lam_out = lam_;
       if (pending_.g.defined() && !lam_owned_) lam_out = empty_state(p_), lam_owned_ = true;
-      pending_ = st_.fused_adjoint_step(lam_, pending_, lam_out, tape.state(k), w_.K[k], tape.aux(k, 0),
-                                        grads_.weight[k], grads_.bias[k]);
+      const Grads::Slot slot = grads_.slot(k, false);  // the fused step writes its gradients
+      pending_ = st_.fused_adjoint_step(lam_, pending_, lam_out, tape.state(k), w_.K(k), tape.aux(k, 0), slot.dK,
+                                        slot.db);
+      grads_.commit(k, slot);
       lam_ = lam_out;
     }
   }
@@ -59,7 +60,7 @@ class EulerAdjoint final : public Adjoint {
   const Problem& p_;
   Stages& st_;
   const Weights& w_;
-  const Grads& grads_;
+  Grads& grads_;
   at::Tensor lam_, mu_;
   Stages::Pending pending_;
   bool lam_owned_ = false;  // lam_ starts as the caller's grad_out, which is never written
@@ -67,7 +68,7 @@ class EulerAdjoint final : public Adjoint {
 
 }  // namespace
 
-std::unique_ptr<Adjoint> make_euler_adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads,
+std::unique_ptr<Adjoint> make_euler_adjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads,
                                             const at::Tensor& grad_out) {
   return std::make_unique<EulerAdjoint>(p, st, w, grads, grad_out);
 }
