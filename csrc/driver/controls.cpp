@@ -32,22 +32,22 @@ std::vector<RowMix> interpolation_rows(Interp interp, Method method, int64_t n_s
 Weights::Weights(const at::Tensor& weight, const at::Tensor& bias, std::vector<RowMix> rows)
     : weight_(weight.contiguous()), bias_(bias.contiguous()), rows_(std::move(rows)) {}
 
-at::Tensor Weights::mix(const at::Tensor& controls, int64_t row) const {
-  const RowMix& r = rows_.at(row);
-  if (r.a == 0) return controls[r.j];
-  return at::lerp(controls[r.j], controls[r.j + 1], r.a);
-}
-
 at::Tensor Weights::K(int64_t row) const {
-  if (rows_.at(row).a == 0) return weight_[rows_[row].j];
-  if (row != cached_row_) cached_row_ = row, cached_K_ = mix(weight_, row), cached_b_ = mix(bias_, row);
-  return cached_K_;
+  const RowMix& r = rows_.at(row);
+  return r.a == 0 ? weight_[r.j] : mixed(row).K;
 }
 
 at::Tensor Weights::b(int64_t row) const {
-  if (rows_.at(row).a == 0) return bias_[rows_[row].j];
-  if (row != cached_row_) cached_row_ = row, cached_K_ = mix(weight_, row), cached_b_ = mix(bias_, row);
-  return cached_b_;
+  const RowMix& r = rows_.at(row);
+  return r.a == 0 ? bias_[r.j] : mixed(row).b;
+}
+
+const Weights::Mixed& Weights::mixed(int64_t row) const {
+  if (row != mixed_.row) {  // new tensors: one handed out before may still be held
+    const RowMix& r = rows_[row];
+    mixed_ = {row, at::lerp(weight_[r.j], weight_[r.j + 1], r.a), at::lerp(bias_[r.j], bias_[r.j + 1], r.a)};
+  }
+  return mixed_;
 }
 
 Grads::Grads(const Weights& w)

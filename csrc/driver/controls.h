@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <tuple>
 #include <vector>
 
 #include "../config.h"
@@ -36,11 +37,14 @@ class Weights {
   const std::vector<RowMix>& rows() const { return rows_; }
 
  private:
-  at::Tensor mix(const at::Tensor& controls, int64_t row) const;
+  struct Mixed {
+    int64_t row = -1;
+    at::Tensor K, b;
+  };
+  const Mixed& mixed(int64_t row) const;  // the last row of two controls, formed once (rk4 reads one twice)
   at::Tensor weight_, bias_;  // contiguous
   std::vector<RowMix> rows_;
-  mutable int64_t cached_row_ = -1;  // rk4 reads its half-step row twice in a row
-  mutable at::Tensor cached_K_, cached_b_;
+  mutable Mixed mixed_;
 };
 
 // dL/d(weight), dL/d(bias) of the op, filled row by row as the adjoint walks back.
