@@ -185,8 +185,8 @@ def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: f
     step's kernel from the controls) as it walks back, so activation memory does not grow with n_steps; exact in
     exact arithmetic, it drifts by rounding (contres.ops.last_reversible_drift() reports the recomputed u_0
     against x). Whatever memory and checkpoint say, a fused call that no gradient can flow through (grad mode off,
-    inference_mode, or no input requiring grad) keeps nothing: its states take turns in two buffers (leapfrog
-    three) and it returns the output alone.
+    inference_mode, or no input requiring grad) keeps nothing: each state is written over one before it (Euler
+    keeps one buffer, leapfrog and rk4 two, rk4 also two for its stages), and it returns the output alone.
     gradient: 'discrete' (the exact gradient of this discrete network, Discretize-Optimize) or 'continuous'
     (Optimize-Discretize, euler only: the adjoint ODE solved backward with its own Euler steps, see
     contres.adjoint; an O(h) approximation for comparisons, computed with the reference step function whatever

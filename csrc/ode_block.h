@@ -12,7 +12,7 @@ namespace contres {
 // weight / bias: the kernels (rows, C, C, k, k) and biases (rows, C) at the method's stage times (rows = N, or
 // 2N + 1 for rk4); h = T / N. checkpoint = 0 keeps every state and aux for the backward; s > 0 keeps every s-th
 // state and the backward recomputes each segment; memory = "reversible" (leapfrog) keeps u_{N-1} and u_N only.
-// memory = "none" keeps nothing (inference: the states ping-pong through two or three buffers) and has no backward.
+// memory = "none" keeps nothing (inference: each state is written over one before it) and has no backward.
 // interp = "constant" or "linear": weight (M, C, C, k, k) and bias (M, C) are the controls instead, interpolated
 // inside the op at the stage times of n_steps steps (docs/math.md section 1), and the backward returns their
 // gradients; "none" (n_steps = 0, or the count the rows give) takes the kernels as they are.

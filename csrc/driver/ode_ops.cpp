@@ -93,11 +93,14 @@ void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x, cons
 }
 
 // States not kept, in turn with u_N's own buffer: u_k lives in slot (N - k) % depth, slot 0 being `last`, so the
-// last step writes u_N where it belongs and consecutive states never share a buffer (leapfrog reads u_{k-1} and u_k
-// while it writes u_{k+1}: three slots; the others two).
+// last step writes u_N where it belongs. The passes read every element of a combination's inputs before writing it
+// (kernels.h), so Euler writes u_{k+1} over u_k (one slot) and leapfrog u_{k+1} over u_{k-1} (two); rk4 forms its
+// stage inputs from u_k while it sums u_{k+1}, and a fused cuDNN graph's convolution reads neighbours of what its
+// epilogue writes: two slots for those.
 class Scratch {
  public:
-  Scratch(const Problem& p, const at::Tensor& last) : p_(p), depth_(p.cfg.method == Method::Leapfrog ? 3 : 2) {
+  Scratch(const Problem& p, const at::Tensor& last)
+      : p_(p), depth_(p.cfg.method == Method::Euler && !p.fused_conv ? 1 : 2) {
     ring_[0] = last;
   }
   at::Tensor state(int64_t k) {
@@ -109,7 +112,7 @@ class Scratch {
  private:
   const Problem& p_;
   int64_t depth_;
-  std::array<at::Tensor, 3> ring_;
+  std::array<at::Tensor, 2> ring_;
 };
 
 // Where checkpoint stride s keeps u_k, or -1. Leapfrog with s > 1 also keeps the state before each point.
