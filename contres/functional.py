@@ -11,6 +11,7 @@ from .reference import ACTIVATIONS, INTERPS, LAYERS, MEMORIES, METHODS, NORMS
 
 BACKENDS = ("auto", "fused", "reference")
 GRADIENTS = ("discrete", "continuous")
+INFERENCE_MEMORY = "none"  # the ops' memory mode of a forward no backward follows: it keeps nothing
 _warned_fallback: set = set()
 
 
@@ -157,6 +158,12 @@ def _autocast_inputs(x, weight, bias):
     return tuple(cast)
 
 
+def needs_grad(*tensors) -> bool:
+    """Whether autograd will record a call on these tensors: grad mode is on (not no_grad, not inference_mode)
+    and one of them requires grad. torch.compile traces (and guards on) both."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
 def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: float = 1.0, n_steps: int,
               layer: str = "single", activation: str = "relu", interp: str = "constant", backend: str = "auto",
               checkpoint=False, gradient: str = "discrete", norm: str = "none", method: str = "euler",
@@ -174,9 +181,12 @@ def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: f
     checkpoint: False keeps every state for the backward; True or a stride s keeps every s-th state and
     recomputes the rest in the backward (fused backend only; the reference uses plain autograd).
     memory: 'states' (default: what checkpoint says), or 'reversible' (leapfrog only, fused backend): the forward
-    keeps u_{N-1} and u_N alone and the backward recomputes u_{k-1} = 2 u_k - u_{k+1} + h^2 f(u_k) as it walks
-    back, so activation memory does not grow with n_steps; exact in exact arithmetic, it drifts by rounding
-    (contres.ops.last_reversible_drift() reports the recomputed u_0 against x).
+    keeps u_{N-1} and u_N alone and the backward recomputes u_{k-1} = 2 u_k - u_{k+1} + h^2 f(u_k) (and each
+    step's kernel from the controls) as it walks back, so activation memory does not grow with n_steps; exact in
+    exact arithmetic, it drifts by rounding (contres.ops.last_reversible_drift() reports the recomputed u_0
+    against x). Whatever memory and checkpoint say, a fused call that no gradient can flow through (grad mode off,
+    inference_mode, or no input requiring grad) keeps nothing: each state is written over one before it (Euler
+    keeps one buffer, leapfrog and rk4 two, rk4 also two for its stages), and it returns the output alone.
     gradient: 'discrete' (the exact gradient of this discrete network, Discretize-Optimize) or 'continuous'
     (Optimize-Discretize, euler only: the adjoint ODE solved backward with its own Euler steps, see
     contres.adjoint; an O(h) approximation for comparisons, computed with the reference step function whatever
@@ -189,10 +199,11 @@ def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: f
              backend=backend, norm=norm, method=method, memory=memory, checkpoint=checkpoint)
     _check_choice("gradient", gradient, GRADIENTS)
     stride = checkpoint_stride(checkpoint, n_steps)
-    if gradient == "continuous":
-        if method != "euler":
-            raise ValueError(f"gradient='continuous' solves Euler's adjoint ODE; it is defined for method='euler' "
-                             f"only, got method={method!r} (use gradient='discrete')")
+    differentiable = needs_grad(x, weight, bias)
+    if gradient == "continuous" and method != "euler":
+        raise ValueError(f"gradient='continuous' solves Euler's adjoint ODE; it is defined for method='euler' "
+                         f"only, got method={method!r} (use gradient='discrete')")
+    if gradient == "continuous" and differentiable:  # without a gradient to take, the forward is the same
         if _under_grad_transform():
             raise RuntimeError("gradient='continuous' cannot run under torch.func.grad / vjp / jacrev / jvp: its "
                                "backward solves the adjoint with torch.autograd; use torch.autograd.grad / "
@@ -202,5 +213,7 @@ def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: f
     if resolve_backend(backend, x.device, norm) == "reference":
         return reference.ode_block(x, weight, bias, T=T, n_steps=n_steps, layer=layer, activation=activation,
                                    interp=interp, norm=norm, method=method)
-    K, b = reference.interpolate_controls(weight, bias, n_steps, interp, method)
-    return ops.ode_forward(x, K, b, float(T) / n_steps, layer, activation, stride, norm, method, memory)[0]
+    if not differentiable:
+        memory, stride = INFERENCE_MEMORY, 0
+    return ops.ode_forward(x, weight, bias, float(T) / n_steps, layer, activation, stride, norm, method, memory, interp,
+                           n_steps)[0]

@@ -1,8 +1,14 @@
 """The CPU buffer pool: contres keeps the large buffers its ops save for the backward (states, aux) when they are
 freed, because glibc would return them to the system and the next forward would pay page faults on fresh memory.
-Idle memory is bounded (CONTRES_CPU_POOL_BYTES, default 1 GiB); past the bound the least recently freed blocks are
-returned. CUDA uses PyTorch's caching allocator instead."""
+
+What it holds follows the work: a request takes the smallest idle block that fits it (at most twice its size, never
+smaller), the pool's footprint (blocks in use plus idle) stays within the peak of blocks in use during the current
+and the previous training step, so blocks a change of shapes left behind are given back, and idle memory never
+exceeds the limit (CONTRES_CPU_POOL_BYTES, default 1 GiB). A forward no backward follows (no_grad, inference_mode)
+keeps nothing and takes nothing from the pool. CUDA uses PyTorch's caching allocator instead."""
 from __future__ import annotations
+
+import torch
 
 from . import _ext
 
@@ -14,8 +20,9 @@ def _c():
 
 
 def cpu_pool_stats() -> dict:
-    """cached_bytes / cached_blocks (idle now), limit_bytes, and hits / misses / evictions since the start or
-    the last reset_cpu_pool_counters()."""
+    """cached_bytes / cached_blocks (idle now), limit_bytes, in_use_bytes (blocks handed out now),
+    working_set_bytes (the footprint allowed now: the recent peak of in_use_bytes), and hits / misses / evictions
+    since the start or the last reset_cpu_pool_counters()."""
     return dict(_c().cpu_pool_stats())
 
 
@@ -33,3 +40,11 @@ def empty_cpu_pool() -> None:
 
 def reset_cpu_pool_counters() -> None:
     _c().cpu_pool_reset_counters()
+
+
+def block_bytes(t: torch.Tensor) -> int:
+    """The size of the pool's block that holds t's storage (at least the storage's own size), or 0 when the pool
+    did not hand it out (a CUDA tensor, or a buffer below the pool's 1 MiB threshold)."""
+    if t.device.type != "cpu":
+        return 0
+    return int(_c().cpu_pool_block_bytes(t.untyped_storage().data_ptr()))

@@ -98,7 +98,8 @@ def _interpolation_weights(n_steps: int, n_controls: int, interp: str, method: s
         if torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing():
             raise RuntimeError("contres: a CUDA graph capture cannot copy this block's interpolation weights to the "
                                "GPU; run the block once before capturing it")
-        W = interpolation_matrix(n_steps, n_controls, interp, dtype=dtype, device=device, method=method)
+        with torch.inference_mode(False):  # an inference tensor in the cache would fail later autograd calls
+            W = interpolation_matrix(n_steps, n_controls, interp, dtype=dtype, device=device, method=method)
         if len(_WEIGHTS_ON_DEVICE) < 4096:  # configurations, not data: bounded all the same
             _WEIGHTS_ON_DEVICE[key] = W
     return W

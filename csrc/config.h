@@ -16,7 +16,10 @@ enum class Method : int64_t { Euler, Rk4, Leapfrog };
 enum class Layer : int64_t { Single, DoubleSym };
 enum class Act : int64_t { Identity, Relu, LeakyRelu, Tanh, Sigmoid };
 enum class Norm : int64_t { None, Tv };
-enum class Memory : int64_t { States, Reversible };
+enum class Memory : int64_t { States, Reversible, None };
+// How the op's weight and bias become the kernels at the method's stage times (docs/math.md section 1): "none", they
+// already are (one row per stage time); "constant" / "linear", they are the controls, interpolated inside the op.
+enum class Interp : int64_t { None, Constant, Linear };
 
 // What one evaluation of f keeps per element so that the backward can form act'(z).
 enum class Aux : int64_t {
@@ -47,7 +50,11 @@ template <> struct Names<Norm> {
 };
 template <> struct Names<Memory> {
   static constexpr const char* what = "memory";
-  static constexpr std::array<const char*, 2> all = {"states", "reversible"};
+  static constexpr std::array<const char*, 3> all = {"states", "reversible", "none"};
+};
+template <> struct Names<Interp> {
+  static constexpr const char* what = "interp";
+  static constexpr std::array<const char*, 3> all = {"none", "constant", "linear"};
 };
 template <> struct Names<Aux> {
   static constexpr const char* what = "aux";
@@ -104,7 +111,7 @@ struct Config {
   Layer layer;
   Act act;
   Norm norm;
-  Memory memory;
+  Memory memory;       // States: as checkpoint says; Reversible: u_{N-1}, u_N; None: nothing (no backward follows)
   int64_t checkpoint;  // 0: keep everything; s > 0: keep every s-th state and recompute the rest
   Aux aux() const { return aux_of(layer, act, norm); }
 };

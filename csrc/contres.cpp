@@ -27,11 +27,12 @@
 TORCH_LIBRARY(contres, m) {
   m.def(
       "ode_forward(Tensor x, Tensor weight, Tensor bias, float h, str layer, str activation, int checkpoint,"
-      " str norm=\"none\", str method=\"euler\", str memory=\"states\") -> (Tensor, Tensor, Tensor)");
+      " str norm=\"none\", str method=\"euler\", str memory=\"states\", str interp=\"none\", int n_steps=0)"
+      " -> (Tensor, Tensor, Tensor)");
   m.def(
       "ode_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor bias, Tensor states, Tensor aux, float h,"
-      " str layer, str activation, int checkpoint, str norm=\"none\", str method=\"euler\", str memory=\"states\")"
-      " -> (Tensor, Tensor, Tensor, Tensor)");
+      " str layer, str activation, int checkpoint, str norm=\"none\", str method=\"euler\", str memory=\"states\","
+      " str interp=\"none\", int n_steps=0) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(contres, CPU, m) {
@@ -95,6 +96,8 @@ PYBIND11_MODULE(_C, m) {
     d["cached_bytes"] = s.cached_bytes;
     d["cached_blocks"] = s.cached_blocks;
     d["limit_bytes"] = s.limit_bytes;
+    d["in_use_bytes"] = s.in_use_bytes;
+    d["working_set_bytes"] = s.working_set_bytes;
     d["hits"] = s.hits;
     d["misses"] = s.misses;
     d["evictions"] = s.evictions;
@@ -103,6 +106,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_pool_set_limit", &contres::pool_set_limit, py::arg("bytes"));
   m.def("cpu_pool_empty", &contres::pool_empty);
   m.def("cpu_pool_reset_counters", &contres::pool_reset_counters);
+  m.def("cpu_pool_block_bytes", [](uintptr_t data) { return contres::pool_block_bytes(reinterpret_cast<void*>(data)); },
+        py::arg("data_ptr"));
   m.def("cuda_graph_cache_stats", [] {
     const contres::GraphCacheStats s = contres::cuda_graph_cache_stats();
     py::dict d;

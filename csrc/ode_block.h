@@ -12,30 +12,39 @@ namespace contres {
 // weight / bias: the kernels (rows, C, C, k, k) and biases (rows, C) at the method's stage times (rows = N, or
 // 2N + 1 for rk4); h = T / N. checkpoint = 0 keeps every state and aux for the backward; s > 0 keeps every s-th
 // state and the backward recomputes each segment; memory = "reversible" (leapfrog) keeps u_{N-1} and u_N only.
+// memory = "none" keeps nothing (inference: each state is written over one before it) and has no backward.
+// interp = "constant" or "linear": weight (M, C, C, k, k) and bias (M, C) are the controls instead, interpolated
+// inside the op at the stage times of n_steps steps (docs/math.md section 1), and the backward returns their
+// gradients; "none" (n_steps = 0, or the count the rows give) takes the kernels as they are.
 // Every state-sized tensor inside is channels_last; u_N and dL/dx keep x's own layout.
 // Returns (u_N, saved states, saved aux); u_0 is x itself and is not copied.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(const at::Tensor& x, const at::Tensor& weight,
                                                            const at::Tensor& bias, double h, c10::string_view layer,
                                                            c10::string_view activation, int64_t checkpoint,
                                                            c10::string_view norm, c10::string_view method,
-                                                           c10::string_view memory);
+                                                           c10::string_view memory, c10::string_view interp,
+                                                           int64_t n_steps);
 
-// Returns (dL/dx, dL/dweight, dL/dbias, drift): the gradients for the per-time weight and bias, and, for
+// Returns (dL/dx, dL/dweight, dL/dbias, drift): the gradients for weight and bias as given (the kernels at the
+// stage times, or the controls), and, for
 // memory = "reversible", max |u_0 recomputed - x| / max |x| (0 otherwise), a 0-d tensor of x's dtype.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
-    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory);
+    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory,
+    c10::string_view interp, int64_t n_steps);
 
 // The same checks and output metadata on meta tensors (symbolic sizes under torch.compile / torch.export).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward_meta(const at::Tensor& x, const at::Tensor& weight,
                                                                 const at::Tensor& bias, double h,
                                                                 c10::string_view layer, c10::string_view activation,
                                                                 int64_t checkpoint, c10::string_view norm,
-                                                                c10::string_view method, c10::string_view memory);
+                                                                c10::string_view method, c10::string_view memory,
+                                                                c10::string_view interp, int64_t n_steps);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward_meta(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
-    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory);
+    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory,
+    c10::string_view interp, int64_t n_steps);
 
 }  // namespace contres

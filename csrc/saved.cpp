@@ -22,11 +22,14 @@ Config parse_config(c10::string_view method, c10::string_view layer, c10::string
     TORCH_CHECK_VALUE(checkpoint == 0, "contres: memory='reversible' keeps no intermediate states, so it takes no "
                       "checkpoint stride; got checkpoint=", checkpoint);
   }
+  TORCH_CHECK_VALUE(cfg.memory != Memory::None || checkpoint == 0, "contres: memory='none' keeps no states, so it "
+                    "takes no checkpoint stride; got checkpoint=", checkpoint);
   return cfg;
 }
 
 SavedCounts saved_counts(const Config& cfg, int64_t n_steps) {
   SavedCounts c;
+  if (cfg.memory == Memory::None) return c;  // inference: no backward will read anything
   if (cfg.memory == Memory::Reversible) {  // u_{N-1} and u_N: the backward walks back from them
     c.states = 2;
     return c;

@@ -21,7 +21,7 @@ python3 -m venv "$work/venv"
 # From here on PATH holds the environment alone: no compiler, and the working directory is outside the tree.
 cd "$work"
 env -i HOME="$HOME" PATH="$work/venv/bin" pip install -q --no-index --no-deps "$wheel"
-env -i HOME="$HOME" PATH="$work/venv/bin" EXPECT_CUDA="${EXPECT_CUDA:-0}" python - <<'PY'
+env -i HOME="$HOME" PATH="$work/venv/bin" EXPECT_CUDA="${EXPECT_CUDA:-0}" WHEEL_VENV="$work/venv" python - <<'PY'
 import os
 import shutil
 
@@ -31,7 +31,8 @@ import contres
 from contres import functional as F
 
 assert not any(shutil.which(cc) for cc in ("cc", "gcc", "g++", "c++", "clang", "nvcc")), "a compiler is on PATH"
-assert "site-packages" in contres.__file__, f"imported {contres.__file__}, not the installed wheel"
+installed = os.path.realpath(os.environ["WHEEL_VENV"]) + os.sep
+assert os.path.realpath(contres.__file__).startswith(installed), f"imported {contres.__file__}, not {installed}'s"
 info = contres.build_info()
 print("build_info:", info)
 assert info["cpu_kernels"] and not info.get("load_error"), info

@@ -17,12 +17,12 @@ def _reset_dynamo():
     torch._dynamo.reset()
 
 
-def _model(device, layer, activation, interp, checkpoint, n_controls):
+def _model(device, layer, activation, interp, checkpoint, n_controls, method="euler", memory="states"):
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(2, 4, 3, padding=1),
         contres.ODEBlock(4, n_steps=4, n_controls=n_controls, T=1.0, layer=layer, activation=activation,
-                         interp=interp, backend="fused", checkpoint=checkpoint),
+                         interp=interp, backend="fused", checkpoint=checkpoint, method=method, memory=memory),
         nn.Tanh(),
     ).to(device=device, dtype=torch.float64)
     with torch.no_grad():  # distinct controls, so a wrong interpolation would show
@@ -40,18 +40,21 @@ def _run(model, x, gy):
 
 
 CASES = [
-    # compile backend, layer, activation, interp, checkpoint, n_controls
+    # compile backend, layer, activation, interp, checkpoint, n_controls[, method, memory]
     ("aot_eager", "single", "relu", "constant", False, 4),
     ("aot_eager", "double_sym", "tanh", "linear", True, 3),
     ("aot_eager", "single", "sigmoid", "linear", 2, 2),
     ("inductor", "single", "leaky_relu", "linear", False, 3),
     ("inductor", "double_sym", "relu", "constant", 3, 2),
+    ("aot_eager", "double_sym", "tanh", "linear", False, 3, "leapfrog", "reversible"),
+    ("inductor", "single", "relu", "linear", False, 2, "rk4", "states"),
 ]
 
 
-@pytest.mark.parametrize("backend,layer,activation,interp,checkpoint,n_controls", CASES, ids=lambda v: str(v))
-def test_compile_matches_eager(device, backend, layer, activation, interp, checkpoint, n_controls):
-    model = _model(device, layer, activation, interp, checkpoint, n_controls)
+@pytest.mark.parametrize("case", CASES, ids=lambda v: "-".join(map(str, v)))
+def test_compile_matches_eager(device, case):
+    backend, layer, activation, interp, checkpoint, n_controls, *method_memory = case
+    model = _model(device, layer, activation, interp, checkpoint, n_controls, *method_memory)
     x = torch.randn(2, 2, 5, 6, dtype=torch.float64, device=device)
     gy = random_like(torch.empty(2, 4, 5, 6, dtype=torch.float64, device=device), seed=3)
     eager = _run(model, x, gy)
@@ -107,3 +110,29 @@ def test_torch_export_save_load_dynamic_batch(device, tmp_path):
         xb = torch.randn(B, 3, 7, 9, dtype=torch.float64, device=device)
         with torch.no_grad():
             assert_close_rel(loaded(xb), model(xb), 1e-12, f"exported output, batch {B}")
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "grad"])
+def test_compile_picks_the_inference_memory_mode(device, context):
+    """The memory mode the functional API picks when no gradient can flow is traced into the graph (and guarded):
+    'none' under no_grad and inference_mode, the block's own under grad mode; the output is eager's."""
+    model = _model(device, "double_sym", "tanh", "linear", False, 3, "leapfrog", "reversible")
+    graphs = []
+
+    def recording_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    x = torch.randn(2, 2, 5, 6, dtype=torch.float64, device=device)
+    compiled = torch.compile(model, backend=recording_backend, fullgraph=True)
+    ctx = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode, "grad": torch.enable_grad}[context]
+    with ctx():
+        got, want = compiled(x), model(x)
+    assert_close_rel(got, want, 1e-12, "output")
+    [gm] = graphs
+    op = torch.ops.contres.ode_forward
+    calls = [n for n in gm.graph.nodes if n.target in (op, op.default)]
+    assert len(calls) == 1
+    schema = [a.name for a in op.default._schema.arguments]
+    memory = dict(zip(schema, calls[0].args), **calls[0].kwargs)["memory"]
+    assert memory == ("reversible" if context == "grad" else "none")

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import contres
+from contres._subprocess import child_env, python_command
 
 HERE = Path(__file__).resolve().parent
 PROPS_PATH = HERE / "data" / "h200_cudnn_device_properties.json"
@@ -163,12 +164,11 @@ def checked(stub_dir, tmp_path_factory):
     build = {key_of(s): s for case in BUILD_CASES for s in layer_graphs(*case)}
     work = tmp_path_factory.mktemp("cudnn_check")
     (work / "request.json").write_text(json.dumps({"specs": list(specs.values()), "build": list(build.values())}))
-    env = dict(os.environ)
+    # The same contres this process imported, wherever it lives (installed, or an in-place build), checked by the
+    # child before it starts.
+    env = child_env()
     env["LD_LIBRARY_PATH"] = os.pathsep.join([str(stub_dir)] + [p for p in [env.get("LD_LIBRARY_PATH")] if p])
-    # The same contres this process imported, wherever it lives (installed, or an in-place build).
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(contres.__file__).resolve().parent.parent)]
-                                        + [p for p in [env.get("PYTHONPATH")] if p])
-    proc = subprocess.run([sys.executable, __file__, str(work / "request.json"), str(work / "result.json")],
+    proc = subprocess.run(python_command(__file__, str(work / "request.json"), str(work / "result.json")),
                           env=env, cwd=str(work), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"check subprocess failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return json.loads((work / "result.json").read_text())

@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 pytest.importorskip("sklearn", reason="the digits dataset needs scikit-learn (pip install contres[train])")
 
 from contres import train  # noqa: E402
+from contres._subprocess import assert_same_contres, contres_file  # noqa: E402
 
 from conftest import assert_close_rel  # noqa: E402
 
@@ -46,7 +47,8 @@ def _gradients(model, x, y, config) -> dict:
     return {name: p.grad.detach().clone() for name, p in inner.named_parameters()}
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, port: int, out_dir: str, parent_contres: str) -> None:
+    assert_same_contres(parent_contres)  # spawn copies the parent's sys.path; this says it found the same copy
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD_SIZE))
     torch.set_num_threads(1)
@@ -75,7 +77,7 @@ def _free_port() -> int:
 
 
 def test_ddp_gradients_equal_single_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path), contres_file()), nprocs=WORLD_SIZE, join=True)
     config = _config()
     model, _, x, y = _model_and_batch(config)
     expected = _gradients(model, x, y, config)

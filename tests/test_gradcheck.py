@@ -194,3 +194,37 @@ def test_ode_forward_outputs_documented_layout(device):
         assert states.shape == (len(kept),) + tuple(x.shape)
         for slot, k in enumerate(kept):
             torch.testing.assert_close(states[slot], ref_states[k - 1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method,memory,interp,M", [("euler", "states", "linear", 2), ("rk4", "states", "constant", 2),
+                                                    ("leapfrog", "reversible", "linear", 3),
+                                                    ("leapfrog", "states", "constant", 4)], ids=lambda v: str(v))
+def test_opcheck_controls_interpolated_in_the_op(device, method, memory, interp, M):
+    """interp / n_steps: weight and bias are the controls, which the op interpolates at the stage times itself; the
+    fake kernels, the autograd registration and the backward (the controls' gradients, as autograd through the
+    reference's interpolation gives them)."""
+    N = 3
+    x, w, b = make_inputs(2, 3, 3, 5, M, 3, dtype=torch.float64, device=device, seed=22)
+    h = 1.0 / N
+    config = ("double_sym", "tanh", 0, "none", method, memory, interp, N)
+    torch.library.opcheck(torch.ops.contres.ode_forward.default, (x, w, b, h, *config))
+    xd, wd, bd = (t.detach() for t in (x, w, b))
+    _, states, aux = torch.ops.contres.ode_forward(xd, wd, bd, h, *config)
+    grad_out = random_like(x, seed=9)
+    args = (grad_out, xd, wd, bd, states, aux, h, *config)
+    torch.library.opcheck(torch.ops.contres.ode_backward.default, args)
+    y = reference.ode_block(x, w, b, T=1.0, n_steps=N, layer="double_sym", activation="tanh", interp=interp,
+                            method=method)
+    want = torch.autograd.grad(y, (x, w, b), grad_out)
+    for got, r in zip(torch.ops.contres.ode_backward(*args)[:3], want):
+        torch.testing.assert_close(got, r, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4", "leapfrog"])
+def test_opcheck_memory_none(device, method):
+    """memory='none' (a forward no backward follows): the fake kernel returns the same empty states and aux."""
+    N = 3
+    rows = 2 * N + 1 if method == "rk4" else N
+    x, w, b = _per_step_inputs(device, rows, requires_grad=False)
+    torch.library.opcheck(torch.ops.contres.ode_forward.default,
+                          (x, w, b, 1.0 / N, "single", "relu", 0, "none", method, "none"))

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 
 from conftest import DEVICE_PARAMS, assert_bitwise_equal
+from contres._subprocess import child_env, python_command
 from foreign_cases import cases
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -19,8 +19,10 @@ CASE_NAMES = list(cases("cpu"))
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
 def test_no_case_crashes_the_process(device):
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "foreign_cases.py"), device], capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=HERE))
+    # The parent's environment with tests/ and this contres in front of PYTHONPATH; the child checks that it
+    # imported the same contres before its first case.
+    proc = subprocess.run(python_command(os.path.join(HERE, "foreign_cases.py"), device), capture_output=True,
+                          text=True, timeout=300, env=child_env(HERE))
     started = [line[5:] for line in proc.stdout.splitlines() if line.startswith("case ")]
     where = repr(started[-1]) if started else "(before the first case)"
     assert proc.returncode == 0, f"the process died (code {proc.returncode}) in case {where}:\n{proc.stderr[-3000:]}"

@@ -11,8 +11,9 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
+
+from .._subprocess import child_env, python_command
 
 SETTINGS = {
     "default": {},
@@ -36,7 +37,7 @@ def requested(choice) -> list:
 
 def run_in_child(setting: str, args) -> list:
     """The rows of `args` (argparse namespace of contres.bench) run in a fresh process under `setting`."""
-    env = {k: v for k, v in os.environ.items() if k not in _VARIABLES}
+    env = child_env(env={k: v for k, v in os.environ.items() if k not in _VARIABLES})  # the same contres
     env.update(SETTINGS[setting])
     child_args = dict(vars(args), malloc=setting, json=None, plot=None)
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,7 +45,7 @@ def run_in_child(setting: str, args) -> list:
         with open(args_path, "w") as f:
             json.dump(child_args, f)
         code = f"from contres.bench import malloc; malloc.child({args_path!r}, {out_path!r})"
-        subprocess.run([sys.executable, "-c", code], env=env, check=True)
+        subprocess.run(python_command(code=code), env=env, check=True)
         with open(out_path) as f:
             return json.load(f)["rows"]
 

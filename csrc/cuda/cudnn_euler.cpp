@@ -36,7 +36,7 @@ struct Pending {
 
 class CudnnEulerAdjoint final : public Adjoint {
  public:
-  CudnnEulerAdjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads, const at::Tensor& grad_out)
+  CudnnEulerAdjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads, const at::Tensor& grad_out)
       : p_(p), st_(st), w_(w), grads_(grads), lam_(grad_out) {}
 
   // lam becomes a buffer of ours at the first step with a pending mu; from then on lam_out is lam, in place.
@@ -44,7 +44,9 @@ class CudnnEulerAdjoint final : public Adjoint {
     for (int64_t k = end - 1; k >= begin; --k) {
       at::Tensor lam_out = lam_;
       if (pending_.g.defined() && !lam_owned_) lam_out = empty_state(p_), lam_owned_ = true;
-      pending_ = step(lam_, lam_out, tape.state(k), w_.K[k], tape.aux(k, 0), grads_.weight[k], grads_.bias[k]);
+      const Grads::Slot slot = grads_.slot(k, false);  // the step writes its gradients
+      pending_ = step(lam_, lam_out, tape.state(k), w_.K(k), tape.aux(k, 0), slot.dK, slot.db);
+      grads_.commit(k, slot);
       lam_ = lam_out;
     }
   }
@@ -124,7 +126,7 @@ class CudnnEulerAdjoint final : public Adjoint {
   const Problem& p_;
   Stages& st_;
   const Weights& w_;
-  const Grads& grads_;
+  Grads& grads_;
   at::Tensor lam_;
   Pending pending_;
   bool lam_owned_ = false;         // lam_ starts as the caller's grad_out, which is never written
@@ -158,7 +160,7 @@ bool cudnn_euler_forward(const Problem& p, const at::Tensor& U, const at::Tensor
   return true;
 }
 
-std::unique_ptr<Adjoint> make_cudnn_euler_adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads,
+std::unique_ptr<Adjoint> make_cudnn_euler_adjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads,
                                                   const at::Tensor& grad_out) {
   if (!usable(p) || p.cfg.method != Method::Euler) return nullptr;
   return std::make_unique<CudnnEulerAdjoint>(p, st, w, grads, grad_out);

@@ -21,7 +21,7 @@ bool cudnn_euler_forward(const Problem& p, const at::Tensor& U, const at::Tensor
                          const Combination& comb, const at::Tensor& aux_out);
 
 // Euler's adjoint on the fused graphs, or null when they do not serve this problem.
-std::unique_ptr<Adjoint> make_cudnn_euler_adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads,
+std::unique_ptr<Adjoint> make_cudnn_euler_adjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads,
                                                   const at::Tensor& grad_out);
 
 }  // namespace contres

@@ -36,8 +36,8 @@ std::string config_key(const Call& c, const std::string& conv) {
   uint64_t h_bits = 0;
   std::memcpy(&h_bits, &c.h, sizeof h_bits);
   return std::string(name_of(c.cfg.method)) + '|' + name_of(c.cfg.layer) + '|' + name_of(c.cfg.act) + '|' +
-         name_of(c.cfg.norm) + '|' + name_of(c.cfg.memory) + '|' + std::to_string(c.cfg.checkpoint) + "|h=" +
-         std::to_string(h_bits) + '|' + conv;
+         name_of(c.cfg.norm) + '|' + name_of(c.cfg.memory) + '|' + std::to_string(c.cfg.checkpoint) + '|' +
+         name_of(c.interp) + "|n=" + std::to_string(c.dims.n_steps) + "|h=" + std::to_string(h_bits) + '|' + conv;
 }
 
 // The call with the convolution path of the current settings, the path's name, and whether to use graphs.

@@ -13,6 +13,7 @@ namespace contres {
 // One op call, parsed and checked.
 struct Call {
   Config cfg;
+  Interp interp = Interp::None;  // how weight and bias become the kernels at the stage times (driver/controls.h)
   Dims dims;
   double h = 0;
   bool fused_conv = false;  // CUDA: the fused cuDNN graphs where they can run (see paths.h)

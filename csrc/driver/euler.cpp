@@ -15,7 +15,7 @@ void euler_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& tap
     const at::Tensor next = tape.state(k + 1);
     Combination comb;
     if (next.defined()) comb.out = next, comb.x0 = u, comb.alpha = p.h;
-    st.forward(u, w.K[k], w.b[k], comb, tape.aux(k, 0));
+    st.forward(u, w.K(k), w.b(k), comb, tape.aux(k, 0));
     u = next;
   }
 }
@@ -24,7 +24,7 @@ namespace {
 
 class EulerAdjoint final : public Adjoint {
  public:
-  EulerAdjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads, const at::Tensor& grad_out)
+  EulerAdjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads, const at::Tensor& grad_out)
       : p_(p), st_(st), w_(w), grads_(grads), lam_(grad_out) {}
 
   void steps(const Tape& tape, int64_t begin, int64_t end) override {
@@ -33,8 +33,7 @@ class EulerAdjoint final : public Adjoint {
       Upstream up;
       up.lam = lam_, up.mu = mu_, up.scale = p_.h;
       if (mu_.defined()) up.sum_out = mu_;
-      at::Tensor mu = st_.adjoint(up, tape.state(k), w_.K[k], tape.aux(k, 0), grads_.weight[k], grads_.bias[k],
-                                  false, true);
+      at::Tensor mu = adjoint_at(st_, up, tape.state(k), w_, grads_, k, tape.aux(k, 0));
       if (mu_.defined()) lam_ = mu_;
       mu_ = mu;
     }
@@ -46,13 +45,13 @@ class EulerAdjoint final : public Adjoint {
   const Problem& p_;
   Stages& st_;
   const Weights& w_;
-  const Grads& grads_;
+  Grads& grads_;
   at::Tensor lam_, mu_;
 };
 
 }  // namespace
 
-std::unique_ptr<Adjoint> make_euler_adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads,
+std::unique_ptr<Adjoint> make_euler_adjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads,
                                             const at::Tensor& grad_out) {
 #ifdef CONTRES_WITH_CUDNN_FUSION
   if (auto fused = make_cudnn_euler_adjoint(p, st, w, grads, grad_out)) return fused;

@@ -20,7 +20,7 @@ void leapfrog_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& 
       comb.out = next, comb.x0 = u, comb.alpha = h2;
       if (k > 0) comb.c0 = 2, comb.x1 = u_prev, comb.c1 = -1;  // u_{-1} = u_0: the first step is u_0 + h^2 f
     }
-    st.forward(u, w.K[k], w.b[k], comb, tape.aux(k, 0));
+    st.forward(u, w.K(k), w.b(k), comb, tape.aux(k, 0));
     u_prev = u;
     u = next;
   }
@@ -30,7 +30,7 @@ namespace {
 
 class LeapfrogAdjoint final : public Adjoint {
  public:
-  LeapfrogAdjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads, const at::Tensor& grad_out)
+  LeapfrogAdjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads, const at::Tensor& grad_out)
       : p_(p), st_(st), w_(w), grads_(grads), part_(grad_out) {}
 
   // State between steps: a_{k+1} = part + mu (mu: J^T of the evaluation at u_{k+1}, still to be added), and
@@ -40,8 +40,7 @@ class LeapfrogAdjoint final : public Adjoint {
       Upstream up;
       up.lam = part_, up.mu = mu_, up.scale = p_.h * p_.h;
       if (mu_.defined()) up.sum_out = mu_;  // a_{k+1}, formed in mu's buffer by the same pass as the gate
-      at::Tensor mu = st_.adjoint(up, tape.state(k), w_.K[k], tape.aux(k, 0), grads_.weight[k], grads_.bias[k],
-                                  false, true);
+      at::Tensor mu = adjoint_at(st_, up, tape.state(k), w_, grads_, k, tape.aux(k, 0));
       const at::Tensor a1 = mu_.defined() ? mu_ : part_;
       // part of a_k: c_k a_{k+1} - a_{k+2}, as c_k (a_{k+1} - a_{k+2} / c_k) (exact: c_k is 1 or 2)
       const double c = k > 0 ? 2.0 : 1.0;
@@ -59,14 +58,14 @@ class LeapfrogAdjoint final : public Adjoint {
   const Problem& p_;
   Stages& st_;
   const Weights& w_;
-  const Grads& grads_;
+  Grads& grads_;
   at::Tensor part_, mu_, a2_;
   bool part_owned_ = false;  // part_ starts as the caller's grad_out, which is never written
 };
 
 }  // namespace
 
-std::unique_ptr<Adjoint> make_leapfrog_adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads,
+std::unique_ptr<Adjoint> make_leapfrog_adjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads,
                                                const at::Tensor& grad_out) {
   return std::make_unique<LeapfrogAdjoint>(p, st, w, grads, grad_out);
 }

@@ -10,14 +10,10 @@
 #include <functional>
 #include <memory>
 
+#include "controls.h"
 #include "stages.h"
 
 namespace contres {
-
-// Kernels and biases at the method's stage times (N rows, or rk4's 2N + 1 half steps).
-struct Weights {
-  at::Tensor K, b;
-};
 
 // Where a sweep reads and writes: u_k, rk4's stage inputs, and each evaluation's aux. An undefined tensor from
 // state(k) means "not wanted" (the last step of a replayed segment needs its aux only); from aux(k, s), that
@@ -34,10 +30,10 @@ void rk4_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& tape,
 void leapfrog_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& tape, int64_t begin, int64_t end,
                     const at::Tensor& u_before);
 
-// The gradients the adjoint writes: dL/dK and dL/db per stage time (rows of the weights).
-struct Grads {
-  at::Tensor weight, bias;
-};
+// Stages::adjoint of the evaluation at U that reads stage-time row `row` of the weights (Weights: the kernels at
+// the method's stage times, N rows or rk4's 2N + 1 half steps), its dL/dK and dL/db added into grads; returns mu.
+at::Tensor adjoint_at(Stages& st, const Upstream& up, const at::Tensor& U, const Weights& w, Grads& grads, int64_t row,
+                      const at::Tensor& aux);
 
 // An adjoint walks back through the steps, one segment at a time (last segment first), carrying its state.
 class Adjoint {
@@ -49,13 +45,13 @@ class Adjoint {
   virtual at::Tensor finish() = 0;
 };
 
-// One per method; grad_out: dL/du_N in the internal layout (read, never written). The adjoints write every row
-// of grads (rk4 accumulates into rows it expects zeroed).
-std::unique_ptr<Adjoint> make_euler_adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads,
+// One per method; grad_out: dL/du_N in the internal layout (read, never written). The adjoints commit every row
+// to grads.
+std::unique_ptr<Adjoint> make_euler_adjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads,
                                             const at::Tensor& grad_out);
-std::unique_ptr<Adjoint> make_rk4_adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads,
+std::unique_ptr<Adjoint> make_rk4_adjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads,
                                           const at::Tensor& grad_out);
-std::unique_ptr<Adjoint> make_leapfrog_adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads,
+std::unique_ptr<Adjoint> make_leapfrog_adjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads,
                                                const at::Tensor& grad_out);
 
 }  // namespace contres

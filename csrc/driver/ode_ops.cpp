@@ -17,7 +17,8 @@
 namespace contres {
 namespace {
 
-Dims check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h, const Config& cfg) {
+Dims check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h, const Config& cfg,
+                  Interp interp, int64_t n_steps) {
   TORCH_CHECK_VALUE(x.dim() == 4, "contres: x must be 4-D (B, C, H, W), got ", x.dim(), "-D");
   TORCH_CHECK_VALUE(weight.dim() == 5, "contres: weight must be 5-D (rows, C, C, k, k), got ", weight.dim(), "-D");
   TORCH_CHECK_VALUE(bias.dim() == 2, "contres: bias must be 2-D (rows, C), got ", bias.dim(), "-D");
@@ -32,7 +33,12 @@ Dims check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   Dims d;
   d.B = x.sym_size(0), d.C = x.sym_size(1), d.H = x.sym_size(2), d.W = x.sym_size(3);
   const int64_t rows = weight.sym_size(0).guard_int(__FILE__, __LINE__);
-  if (cfg.method == Method::Rk4) {
+  if (interp != Interp::None) {  // weight holds the controls, interpolated to the stage times of n_steps steps
+    TORCH_CHECK_VALUE(n_steps >= 1, "contres: interp='", name_of(interp), "' interpolates the controls in weight to "
+                      "the stage times of n_steps steps; n_steps must be >= 1, got ", n_steps);
+    TORCH_CHECK_VALUE(rows >= 1, "contres: weight must hold at least one control, got weight.size(0) = 0");
+    d.n_steps = n_steps;
+  } else if (cfg.method == Method::Rk4) {
     TORCH_CHECK_VALUE(rows >= 3 && rows % 2 == 1, "contres: method='rk4' takes the kernels at the 2N + 1 half steps "
                       "t = jT/(2N), an odd count >= 3; got weight.size(0) = ", rows);
     d.n_steps = (rows - 1) / 2;
@@ -40,6 +46,9 @@ Dims check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
     TORCH_CHECK_VALUE(rows >= 1, "contres: weight must hold at least one step, got n_steps = ", rows);
     d.n_steps = rows;
   }
+  TORCH_CHECK_VALUE(interp != Interp::None || n_steps == 0 || n_steps == d.n_steps, "contres: n_steps = ", n_steps,
+                    " disagrees with the ", rows, " rows of kernels at the stage times in weight (interp='none', "
+                    "where n_steps = 0 means: from weight)");
   d.k = weight.sym_size(3);
   TORCH_CHECK_VALUE(weight.sym_size(1) == d.C && weight.sym_size(2) == d.C && weight.sym_size(4) == d.k &&
                         d.k % 2 == 1,
@@ -66,6 +75,8 @@ Problem make_problem(const Config& cfg, const Dims& d, double h, const at::Tenso
 // grad_out, states and aux against x, the arguments and the table: anything the forward did not make is refused.
 void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& states,
                            const at::Tensor& aux, const Config& cfg, const Dims& d) {
+  TORCH_CHECK_VALUE(cfg.memory != Memory::None, "contres: a forward with memory='none' keeps nothing for a backward; "
+                    "run it with memory='states' or 'reversible' to differentiate it");
   TORCH_CHECK_VALUE(grad_out.sym_sizes() == x.sym_sizes(), "contres: grad_out must have x's shape ",
                     describe(x.sym_sizes()), ", got ", describe(grad_out.sym_sizes()));
   TORCH_CHECK_TYPE(at::isFloatingType(grad_out.scalar_type()), "contres: grad_out must be a floating tensor, got ",
@@ -81,19 +92,27 @@ void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x, cons
   check_matches(aux, aux_spec(cfg, d, x.scalar_type()), x.device(), "aux", aux_what.c_str());
 }
 
-// States not kept: three in turn (leapfrog reads u_{k-1} and u_k while it writes u_{k+1}).
+// States not kept, in turn with u_N's own buffer: u_k lives in slot (N - k) % depth, slot 0 being `last`, so the
+// last step writes u_N where it belongs. The passes read every element of a combination's inputs before writing it
+// (kernels.h), so Euler writes u_{k+1} over u_k (one slot) and leapfrog u_{k+1} over u_{k-1} (two); rk4 forms its
+// stage inputs from u_k while it sums u_{k+1}, and a fused cuDNN graph's convolution reads neighbours of what its
+// epilogue writes: two slots for those.
 class Scratch {
  public:
-  explicit Scratch(const Problem& p) : p_(p) {}
+  Scratch(const Problem& p, const at::Tensor& last)
+      : p_(p), depth_(p.cfg.method == Method::Euler && !p.fused_conv ? 1 : 2) {
+    ring_[0] = last;
+  }
   at::Tensor state(int64_t k) {
-    at::Tensor& t = ring_[k % 3];
+    at::Tensor& t = ring_[(p_.n_steps - k) % depth_];
     if (!t.defined()) t = empty_state(p_);
     return t;
   }
 
  private:
   const Problem& p_;
-  std::array<at::Tensor, 3> ring_;
+  int64_t depth_;
+  std::array<at::Tensor, 2> ring_;
 };
 
 // Where checkpoint stride s keeps u_k, or -1. Leapfrog with s > 1 also keeps the state before each point.
@@ -128,7 +147,7 @@ void sweep(const Problem& p, Stages& st, const Weights& w, const Tape& tape, int
   TORCH_CHECK(false, "contres: internal error: method code ", static_cast<int64_t>(p.cfg.method));
 }
 
-std::unique_ptr<Adjoint> make_adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads,
+std::unique_ptr<Adjoint> make_adjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads,
                                       const at::Tensor& grad_out) {
   switch (p.cfg.method) {
     case Method::Euler: return make_euler_adjoint(p, st, w, grads, grad_out);
@@ -193,7 +212,7 @@ at::Tensor reversible_walk(const Problem& p, Stages& st, const Weights& w, const
       comb.out = u_prev, comb.x0 = u, comb.c0 = 2, comb.x1 = u_next, comb.c1 = -1, comb.alpha = h2;
     }
     const at::Tensor U = k == 0 ? x : u;  // the real input for the first step's gradients
-    st.forward(U, w.K[k], w.b[k], comb, aux0);
+    st.forward(U, w.K(k), w.b(k), comb, aux0);
     Tape t;
     t.state = [&U](int64_t) { return U; };
     t.aux = [&aux0](int64_t, int) { return aux0; };
@@ -213,7 +232,7 @@ ForwardResult forward_impl(const at::Tensor& x_in, const at::Tensor& weight_in, 
   const Dims& d = call.dims;
   const Problem p = make_problem(cfg, d, call.h, x_in, call.fused_conv);
   const at::Tensor x = x_in.contiguous(kLayout);
-  const Weights w{weight_in.contiguous(), bias_in.contiguous()};
+  const Weights w(weight_in, bias_in, interpolation_rows(call.interp, cfg.method, d.n_steps, weight_in.size(0)));
   // The output keeps the input's layout; the last step writes into it directly when that is the internal one.
   const at::Tensor out = at::empty_like(x_in, at::MemoryFormat::Preserve);
   const at::Tensor last = out.is_contiguous(kLayout) ? out : empty_state(p);
@@ -223,20 +242,21 @@ ForwardResult forward_impl(const at::Tensor& x_in, const at::Tensor& weight_in, 
 
   const int64_t N = p.n_steps, S = stages_per_step(cfg.method);
   const bool full = cfg.checkpoint == 0 && cfg.memory == Memory::States;
-  Scratch scratch(p);
-  std::array<at::Tensor, 3> stage_scratch;
+  Scratch scratch(p, last);
+  std::array<at::Tensor, 2> stage_scratch;  // rk4's U4 takes U2's buffer: U2 is read before U4 is written
   Tape t;
   t.state = [&](int64_t k) -> at::Tensor {
     if (k == 0) return x;
     if (k == N) return last;
     if (full) return states[full_state_slot(cfg.method, k)];
+    if (cfg.memory == Memory::None) return scratch.state(k);
     if (cfg.memory == Memory::Reversible) return k == N - 1 ? states[0] : scratch.state(k);
     const int64_t slot = checkpoint_slot(cfg, N, k);
     return slot >= 0 ? states[slot] : scratch.state(k);
   };
   t.stage = [&](int64_t k, int s) -> at::Tensor {
     if (full) return states[4 * k + s - 1];
-    at::Tensor& buf = stage_scratch[s - 1];
+    at::Tensor& buf = stage_scratch[(s - 1) % 2];
     if (!buf.defined()) buf = empty_state(p);
     return buf;
   };
@@ -257,13 +277,13 @@ BackwardResult backward_impl(const at::Tensor& grad_out, const at::Tensor& x_in,
   const Config& cfg = call.cfg;
   const Problem p = make_problem(cfg, call.dims, call.h, x_in, call.fused_conv);
   const at::Tensor x = x_in.contiguous(kLayout);
-  const Weights w{weight_in.contiguous(), bias_in.contiguous()};
-  // rk4 adds the contributions of its stages (two per half step, two at each step boundary).
-  const bool zeroed = cfg.method == Method::Rk4 || x.numel() == 0;
-  const Grads grads{zeroed ? at::zeros_like(w.K, at::MemoryFormat::Contiguous) : at::empty_like(w.K),
-                    zeroed ? at::zeros_like(w.b, at::MemoryFormat::Contiguous) : at::empty_like(w.b)};
+  const Weights w(weight_in, bias_in, interpolation_rows(call.interp, cfg.method, p.n_steps, weight_in.size(0)));
+  Grads grads(w);
   at::Tensor drift = at::zeros({}, p.opts);
-  if (x.numel() == 0) return {at::zeros_like(x_in, at::MemoryFormat::Preserve), grads.weight, grads.bias, drift};
+  if (x.numel() == 0) {
+    auto [grad_w, grad_b] = grads.finish();
+    return {at::zeros_like(x_in, at::MemoryFormat::Preserve), grad_w, grad_b, drift};
+  }
 
   const at::Tensor lam = grad_out.to(x.scalar_type()).contiguous(kLayout);
   Stages st(p);
@@ -276,18 +296,20 @@ BackwardResult backward_impl(const at::Tensor& grad_out, const at::Tensor& x_in,
     replay_segments(p, st, w, x, states, *adjoint);
   }
   const at::Tensor gx = adjoint->finish();
-  if (gx.strides() == x_in.strides()) return {gx, grads.weight, grads.bias, drift};
+  auto [grad_w, grad_b] = grads.finish();
+  if (gx.strides() == x_in.strides()) return {gx, grad_w, grad_b, drift};
   const at::Tensor grad_x = at::empty_like(x_in, at::MemoryFormat::Preserve);
   grad_x.copy_(gx);
-  return {grad_x, grads.weight, grads.bias, drift};
+  return {grad_x, grad_w, grad_b, drift};
 }
 
 Call check_call(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h,
                 c10::string_view layer, c10::string_view activation, int64_t checkpoint, c10::string_view norm,
-                c10::string_view method, c10::string_view memory) {
+                c10::string_view method, c10::string_view memory, c10::string_view interp, int64_t n_steps) {
   Call call;
   call.cfg = parse_config(method, layer, activation, norm, memory, checkpoint);
-  call.dims = check_inputs(x, weight, bias, h, call.cfg);
+  call.interp = parse<Interp>(interp);
+  call.dims = check_inputs(x, weight, bias, h, call.cfg, call.interp, n_steps);
   call.h = h;
   return call;
 }
@@ -296,9 +318,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(const at::Tensor& x, 
                                                            const at::Tensor& bias, double h, c10::string_view layer,
                                                            c10::string_view activation, int64_t checkpoint,
                                                            c10::string_view norm, c10::string_view method,
-                                                           c10::string_view memory) {
+                                                           c10::string_view memory, c10::string_view interp,
+                                                           int64_t n_steps) {
   const c10::DeviceGuard device(x.device());  // x's GPU current for the passes and ATen's convolutions
-  const Call call = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory);
+  const Call call = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory, interp,
+                               n_steps);
 #ifdef CONTRES_WITH_CUDA
   if (x.is_cuda()) return cuda_forward(x, weight, bias, call);
 #endif
@@ -309,9 +333,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(const at::Tensor& x, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
-    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory) {
+    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory,
+    c10::string_view interp, int64_t n_steps) {
   const c10::DeviceGuard device(x.device());
-  const Call call = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory);
+  const Call call = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory, interp,
+                               n_steps);
   check_backward_inputs(grad_out, x, states, aux, call.cfg, call.dims);
 #ifdef CONTRES_WITH_CUDA
   if (x.is_cuda()) return cuda_backward(grad_out, x, weight, bias, states, aux, call);
@@ -324,8 +350,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward_meta(const at::Tensor
                                                                 const at::Tensor& bias, double h,
                                                                 c10::string_view layer, c10::string_view activation,
                                                                 int64_t checkpoint, c10::string_view norm,
-                                                                c10::string_view method, c10::string_view memory) {
-  const Call c = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory);
+                                                                c10::string_view method, c10::string_view memory,
+                                                                c10::string_view interp, int64_t n_steps) {
+  const Call c = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory, interp,
+                               n_steps);
   return {at::empty_like(x, at::MemoryFormat::Preserve),
           allocate(states_spec(c.cfg, c.dims, x.scalar_type()), x.options()),
           allocate(aux_spec(c.cfg, c.dims, x.scalar_type()), x.options())};
@@ -334,8 +362,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward_meta(const at::Tensor
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward_meta(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
-    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory) {
-  const Call c = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory);
+    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory,
+    c10::string_view interp, int64_t n_steps) {
+  const Call c = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory, interp,
+                               n_steps);
   check_backward_inputs(grad_out, x, states, aux, c.cfg, c.dims);
   return {at::empty_like(x, at::MemoryFormat::Preserve), at::empty_like(weight, at::MemoryFormat::Contiguous),
           at::empty_like(bias, at::MemoryFormat::Contiguous), at::empty({}, x.options())};

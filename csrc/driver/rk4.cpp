@@ -22,10 +22,10 @@ void rk4_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& tape,
       if (acc.defined()) c.out2 = acc, c.y0 = y0, c.beta = beta;
       return c;
     };
-    st.forward(u, w.K[t0], w.b[t0], comb(U2, h / 2, u, h / 6), tape.aux(k, 0));
-    st.forward(U2, w.K[half], w.b[half], comb(U3, h / 2, acc, h / 3), tape.aux(k, 1));
-    st.forward(U3, w.K[half], w.b[half], comb(U4, h, acc, h / 3), tape.aux(k, 2));
-    st.forward(U4, w.K[t1], w.b[t1], comb(at::Tensor(), 0, acc, h / 6), tape.aux(k, 3));
+    st.forward(u, w.K(t0), w.b(t0), comb(U2, h / 2, u, h / 6), tape.aux(k, 0));
+    st.forward(U2, w.K(half), w.b(half), comb(U3, h / 2, acc, h / 3), tape.aux(k, 1));
+    st.forward(U3, w.K(half), w.b(half), comb(U4, h, acc, h / 3), tape.aux(k, 2));
+    st.forward(U4, w.K(t1), w.b(t1), comb(at::Tensor(), 0, acc, h / 6), tape.aux(k, 3));
   }
 }
 
@@ -33,7 +33,7 @@ namespace {
 
 class Rk4Adjoint final : public Adjoint {
  public:
-  Rk4Adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads, const at::Tensor& grad_out)
+  Rk4Adjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads, const at::Tensor& grad_out)
       : p_(p), st_(st), w_(w), grads_(grads), lam_(grad_out) {}
 
   void steps(const Tape& tape, int64_t begin, int64_t end) override {
@@ -41,7 +41,7 @@ class Rk4Adjoint final : public Adjoint {
     for (int64_t k = end - 1; k >= begin; --k) {
       const int64_t t0 = 2 * k, half = 2 * k + 1, t1 = 2 * k + 2;
       auto adjoint = [&](const Upstream& up, const at::Tensor& U, int64_t row, int s) {
-        return st_.adjoint(up, U, w_.K[row], tape.aux(k, s), grads_.weight[row], grads_.bias[row], true, true);
+        return adjoint_at(st_, up, U, w_, grads_, row, tape.aux(k, s));
       };
       // lam = dL/du_{k+1} = lam + mu1 of the step after, formed in mu1's buffer by stage 4's pass.
       Upstream up4;
@@ -78,7 +78,7 @@ class Rk4Adjoint final : public Adjoint {
   const Problem& p_;
   Stages& st_;
   const Weights& w_;
-  const Grads& grads_;
+  Grads& grads_;
   at::Tensor lam_, mu_;
   bool lam_owned_ = false;  // lam_ starts as the caller's grad_out, which is never written
   at::Tensor spare_;        // a state buffer of ours that nothing reads any more
@@ -86,7 +86,7 @@ class Rk4Adjoint final : public Adjoint {
 
 }  // namespace
 
-std::unique_ptr<Adjoint> make_rk4_adjoint(const Problem& p, Stages& st, const Weights& w, const Grads& grads,
+std::unique_ptr<Adjoint> make_rk4_adjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads,
                                           const at::Tensor& grad_out) {
   return std::make_unique<Rk4Adjoint>(p, st, w, grads, grad_out);
 }

@@ -1,0 +1,76 @@
+// The kernels and biases each evaluation reads, and where their gradients go. The op's weight and bias hold either
+// the kernels at the method's stage times row by row (interp "none"), or the controls theta_j, beta_j, which the op
+// interpolates itself (interp "constant" / "linear", docs/math.md section 1): K_i = sum_j W[i, j] theta_j, with at most
+// two nonzeros per row of W. Interpolating inside the op means the backward recomputes each row's kernel from the
+// controls instead of keeping all of them (the autograd of the interpolation would save every row), and folds each
+// row's gradient into the controls as it goes: dL/dtheta_j = sum_i W[i, j] dL/dK_i.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "../config.h"
+
+namespace contres {
+
+// Row i of W: (1 - a) on control j plus a on control j + 1 (a = 0: control j alone, the only entry).
+struct RowMix {
+  int64_t j = 0;
+  double a = 0;
+};
+
+// The rows of W for n_steps steps of the method from n_controls controls (the identity for Interp::None, where
+// the rows are the controls): reference.control_weights_at's rule, in the same integer arithmetic.
+std::vector<RowMix> interpolation_rows(Interp interp, Method method, int64_t n_steps, int64_t n_controls);
+
+// The kernel and bias at each row, from the controls.
+class Weights {
+ public:
+  Weights(const at::Tensor& weight, const at::Tensor& bias, std::vector<RowMix> rows);
+  at::Tensor K(int64_t row) const;  // a view of a control where the row is one, else a new tensor (never reused,
+  at::Tensor b(int64_t row) const;  // so a caller may keep it)
+  const at::Tensor& controls() const { return weight_; }
+  const at::Tensor& control_biases() const { return bias_; }
+  const std::vector<RowMix>& rows() const { return rows_; }
+
+ private:
+  struct Mixed {
+    int64_t row = -1;
+    at::Tensor K, b;
+  };
+  const Mixed& mixed(int64_t row) const;  // the last row of two controls, formed once (rk4 reads one twice)
+  at::Tensor weight_, bias_;  // contiguous
+  std::vector<RowMix> rows_;
+  mutable Mixed mixed_;
+};
+
+// dL/d(weight), dL/d(bias) of the op, filled row by row as the adjoint walks back.
+class Grads {
+ public:
+  explicit Grads(const Weights& w);
+
+  // Where row `row`'s dL/dK and dL/db go, and whether to add to what is there (a Stages::adjoint's dK, db and
+  // accumulate): the control's own gradient when the row is one control (added to once it has been written),
+  // else scratch that commit() folds into the controls. may_accumulate = false asks for a slot written, not
+  // added to (scratch then, where the control has been written already).
+  struct Slot {
+    at::Tensor dK, db;
+    bool accumulate = false;
+  };
+  Slot slot(int64_t row, bool may_accumulate = true);
+  void commit(int64_t row, const Slot& slot);  // after the slot is written
+  // The gradients, once every row is committed (controls no row reads get zeros).
+  std::tuple<at::Tensor, at::Tensor> finish();
+
+ private:
+  void fold(int64_t j, double c, const at::Tensor& dK, const at::Tensor& db);
+  const Weights& w_;
+  at::Tensor weight_, bias_;
+  std::vector<bool> written_;  // per control
+  at::Tensor scratch_K_, scratch_b_;
+};
+
+}  // namespace contres
