@@ -1,18 +1,23 @@
 """Typed wrappers of the compiled ops and their autograd.
 
 torch.ops.contres.ode_forward(x, weight, bias, h, layer, activation, checkpoint, norm="none", method="euler",
-    memory="states") -> (u_N, states, aux)
+    memory="states", conv_dtype=None) -> (u_N, states, aux)
 torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint,
-    norm="none", method="euler", memory="states") -> (grad_x, grad_weight, grad_bias, drift)
+    norm="none", method="euler", memory="states", conv_dtype=None) -> (grad_x, grad_weight, grad_bias, drift)
 
 weight (rows, C, C, k, k) and bias (rows, C) are the kernels at the method's stage times (already interpolated
-from the controls: rows = N, or 2N + 1 for rk4, see reference.stage_times); h = T / N. What the forward keeps for
+from the controls: rows = N, or 2N + 1 for rk4, see reference.stage_times); h = T / N; weight and bias have x's
+dtype. conv_dtype (CPU, float32 x): torch.bfloat16 or torch.float16 for mixed precision, what torch.autocast
+does per op -- the state, the output and every gradient stay float32, the weights are cast once per call and the
+convolutions run in conv_dtype with float accumulation. What the forward keeps for
 the backward (`states`, `aux`) is defined once, in the extension (csrc/config.h and csrc/saved.h, explained in
 docs/math.md); the backward checks that it is handed exactly that, and the extension's Meta kernels give
 torch.compile and torch.export the same shapes. `drift` is max |u_0 recomputed - x| / max |x| of a
 memory="reversible" backward (0 otherwise).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -22,14 +27,15 @@ _LAST_DRIFT: list = [None]
 
 
 def ode_forward(x, weight, bias, h: float, layer: str, activation: str, checkpoint: int, norm: str = "none",
-                method: str = "euler", memory: str = "states"):
-    return torch.ops.contres.ode_forward(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory)
+                method: str = "euler", memory: str = "states", conv_dtype=None):
+    return torch.ops.contres.ode_forward(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory,
+                                         conv_dtype)
 
 
 def ode_backward(grad_out, x, weight, bias, states, aux, h: float, layer: str, activation: str, checkpoint: int,
-                 norm: str = "none", method: str = "euler", memory: str = "states"):
+                 norm: str = "none", method: str = "euler", memory: str = "states", conv_dtype=None):
     return torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint,
-                                          norm, method, memory)
+                                          norm, method, memory, conv_dtype)
 
 
 def last_paths() -> dict:
@@ -69,13 +75,16 @@ def last_reversible_drift():
     return _LAST_DRIFT[0]
 
 
-def _differentiable_backward(grad_out, x, weight, bias, h, layer, activation, _checkpoint, norm, method, _memory):
+def _differentiable_backward(grad_out, x, weight, bias, h, layer, activation, _checkpoint, norm, method, _memory,
+                             conv_dtype):
     """The adjoint as an autograd graph, for higher-order gradients (gradient penalties, Hessian-vector
     products): the compiled adjoint is not differentiable itself, so the block is recomputed with the reference
     and differentiated with create_graph=True, exact at the reference's speed and memory. None for the inputs
     that do not require grad."""
     needs = [t.requires_grad for t in (x, weight, bias)]
-    with torch.enable_grad():
+    # mixed precision: the reference under autocast to conv_dtype has the same numerics per op
+    mixed = contextlib.nullcontext() if conv_dtype in (None, x.dtype) else torch.autocast(x.device.type, conv_dtype)
+    with torch.enable_grad(), mixed:
         leaves = [t if t.requires_grad else t.detach().requires_grad_() for t in (x, weight, bias)]
         out = reference.integrate(*leaves, h, layer, activation, norm, method)
         grads = torch.autograd.grad(out, leaves, grad_out, create_graph=True)
@@ -84,10 +93,10 @@ def _differentiable_backward(grad_out, x, weight, bias, h, layer, activation, _c
 
 def _register():
     def _setup_context(ctx, inputs, output):
-        x, weight, bias, h, layer, activation, checkpoint, norm, method, memory = inputs
+        x, weight, bias, h, layer, activation, checkpoint, norm, method, memory, conv_dtype = inputs
         _, states, aux = output
         ctx.save_for_backward(x, weight, bias, states, aux)
-        ctx.config = (h, layer, activation, checkpoint, norm, method, memory)
+        ctx.config = (h, layer, activation, checkpoint, norm, method, memory, conv_dtype)
         ctx.mark_non_differentiable(states, aux)
         ctx.set_materialize_grads(False)  # else autograd fills zero "gradients" of the saved states per backward
 
@@ -95,12 +104,12 @@ def _register():
         x, weight, bias, states, aux = ctx.saved_tensors
         if grad_out is None:
             grad_out = torch.zeros_like(x)
-        none = (None,) * 7
+        none = (None,) * 8
         if torch.is_grad_enabled():  # backward(create_graph=True): the gradient must itself be differentiable
             return (*_differentiable_backward(grad_out, x, weight, bias, *ctx.config), *none)
         grad_x, grad_w, grad_b, drift = torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux,
                                                                        *ctx.config)
-        if ctx.config[-1] == "reversible" and not torch.compiler.is_compiling():
+        if ctx.config[6] == "reversible" and not torch.compiler.is_compiling():
             _LAST_DRIFT[0] = drift
         return (grad_x, grad_w, grad_b, *none)
 

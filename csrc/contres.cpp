@@ -23,11 +23,12 @@
 TORCH_LIBRARY(contres, m) {
   m.def(
       "ode_forward(Tensor x, Tensor weight, Tensor bias, float h, str layer, str activation, int checkpoint,"
-      " str norm=\"none\", str method=\"euler\", str memory=\"states\") -> (Tensor, Tensor, Tensor)");
+      " str norm=\"none\", str method=\"euler\", str memory=\"states\", ScalarType? conv_dtype=None)"
+      " -> (Tensor, Tensor, Tensor)");
   m.def(
       "ode_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor bias, Tensor states, Tensor aux, float h,"
-      " str layer, str activation, int checkpoint, str norm=\"none\", str method=\"euler\", str memory=\"states\")"
-      " -> (Tensor, Tensor, Tensor, Tensor)");
+      " str layer, str activation, int checkpoint, str norm=\"none\", str method=\"euler\", str memory=\"states\","
+      " ScalarType? conv_dtype=None) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(contres, CPU, m) {

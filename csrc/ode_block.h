@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <optional>
 #include <tuple>
 
 namespace contres {
@@ -12,30 +13,33 @@ namespace contres {
 // weight / bias: the kernels (rows, C, C, k, k) and biases (rows, C) at the method's stage times (rows = N, or
 // 2N + 1 for rk4); h = T / N. checkpoint = 0 keeps every state and aux for the backward; s > 0 keeps every s-th
 // state and the backward recomputes each segment; memory = "reversible" (leapfrog) keeps u_{N-1} and u_N only.
-// Every state-sized tensor inside is channels_last; u_N and dL/dx keep x's own layout.
+// Every state-sized tensor inside is channels_last; u_N and dL/dx keep x's own layout. conv_dtype (CPU, x float32):
+// bfloat16 or float16 for mixed precision -- the state, u_N, dL/dx and the weight gradients stay float32, the
+// weights are cast once per call and the convolutions run in conv_dtype (what torch.autocast does per op), and
+// full storage keeps the convolution inputs in it (saved.h).
 // Returns (u_N, saved states, saved aux); u_0 is x itself and is not copied.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(const at::Tensor& x, const at::Tensor& weight,
-                                                           const at::Tensor& bias, double h, c10::string_view layer,
-                                                           c10::string_view activation, int64_t checkpoint,
-                                                           c10::string_view norm, c10::string_view method,
-                                                           c10::string_view memory);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h, c10::string_view layer,
+    c10::string_view activation, int64_t checkpoint, c10::string_view norm, c10::string_view method,
+    c10::string_view memory, std::optional<at::ScalarType> conv_dtype);
 
 // Returns (dL/dx, dL/dweight, dL/dbias, drift): the gradients for the per-time weight and bias, and, for
 // memory = "reversible", max |u_0 recomputed - x| / max |x| (0 otherwise), a 0-d tensor of x's dtype.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
-    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory);
+    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory,
+    std::optional<at::ScalarType> conv_dtype);
 
 // The same checks and output metadata on meta tensors (symbolic sizes under torch.compile / torch.export).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward_meta(const at::Tensor& x, const at::Tensor& weight,
-                                                                const at::Tensor& bias, double h,
-                                                                c10::string_view layer, c10::string_view activation,
-                                                                int64_t checkpoint, c10::string_view norm,
-                                                                c10::string_view method, c10::string_view memory);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward_meta(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h, c10::string_view layer,
+    c10::string_view activation, int64_t checkpoint, c10::string_view norm, c10::string_view method,
+    c10::string_view memory, std::optional<at::ScalarType> conv_dtype);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward_meta(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
-    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory);
+    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory,
+    std::optional<at::ScalarType> conv_dtype);
 
 }  // namespace contres

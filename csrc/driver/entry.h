@@ -14,6 +14,7 @@ namespace contres {
 struct Call {
   Config cfg;
   Dims dims;
+  Dtypes dtypes;  // the state's (x's) and the convolutions' (conv_dtype): two in mixed precision
   double h = 0;
   bool fused_conv = false;  // CUDA: the fused cuDNN graphs where they can run (see paths.h)
 };

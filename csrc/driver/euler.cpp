@@ -11,8 +11,8 @@ void euler_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& tap
   for (int64_t k = begin; k < end; ++k) {
     const at::Tensor next = tape.state(k + 1);
     Combination comb;
-    if (next.defined()) comb.out = next, comb.x0 = u, comb.alpha = p.h;
-    st.forward(u, w.K[k], w.b[k], comb, tape.aux(k, 0));
+    if (next.defined()) comb.out = next, comb.out_low = tape.low_copy(k + 1), comb.x0 = u, comb.alpha = p.h;
+    st.forward(tape.conv_input(k), w.K[k], w.b[k], comb, tape.aux(k, 0));
     u = next;
   }
 }
@@ -30,17 +30,17 @@ class EulerAdjoint final : public Adjoint {
       // dL/du_{k+1} = lam + mu (mu: J^T of the step after), formed in mu's buffer by the same pass as the gate.
       Upstream up;
       up.lam = lam_, up.mu = mu_, up.scale = p_.h;
-      if (mu_.defined()) up.sum_out = mu_;
-      at::Tensor mu = st_.adjoint(up, tape.state(k), w_.K[k], tape.aux(k, 0), grads_.weight[k], grads_.bias[k],
-                                  false, true);
-      if (mu_.defined()) lam_ = mu_;
+      if (mu_.defined()) up.sum_out = st_.sum_target(mu_);
+      at::Tensor mu = st_.adjoint(up, tape.conv_input(k), w_.K[k], tape.aux(k, 0), grads_.weight[k],
+                                  grads_.bias[k], false, true);
+      if (mu_.defined()) lam_ = up.sum_out;
       mu_ = mu;
     }
   }
 
   at::Tensor finish() override {
     if (pending_.g.defined()) return st_.fused_finish(lam_, pending_);
-    return mu_.add_(lam_);
+    return st_.add(lam_, mu_);
   }
 
  private:
@@ -50,7 +50,7 @@ class EulerAdjoint final : public Adjoint {
     for (int64_t k = end - 1; k >= begin; --k) {
       at::Tensor lam_out = lam_;
       if (pending_.g.defined() && !lam_owned_) lam_out = empty_state(p_), lam_owned_ = true;
-      pending_ = st_.fused_adjoint_step(lam_, pending_, lam_out, tape.state(k), w_.K[k], tape.aux(k, 0),
+      pending_ = st_.fused_adjoint_step(lam_, pending_, lam_out, tape.conv_input(k), w_.K[k], tape.aux(k, 0),
                                         grads_.weight[k], grads_.bias[k]);
       lam_ = lam_out;
     }

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <array>
 #include <cmath>
@@ -16,6 +17,12 @@
 
 namespace contres {
 namespace {
+
+// The ops' numerics are a function of their inputs alone: torch.autocast, when on, must not recast the
+// convolutions inside them (the caller chooses the dtypes, see contres.functional).
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
 
 Dims check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h, const Config& cfg) {
   TORCH_CHECK_VALUE(x.dim() == 4, "contres: x must be 4-D (B, C, H, W), got ", x.dim(), "-D");
@@ -51,21 +58,47 @@ Dims check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   return d;
 }
 
-Problem make_problem(const Config& cfg, const Dims& d, double h, const at::Tensor& x, bool fused_conv = false) {
+// The convolutions' dtype: x's, or (mixed precision, CPU) bfloat16 or float16 with float32 x.
+Dtypes check_conv_dtype(const at::Tensor& x, std::optional<at::ScalarType> conv_dtype) {
+  const at::ScalarType state = x.scalar_type(), conv = conv_dtype.value_or(state);
+  const Dtypes dtypes{state, conv};
+  TORCH_CHECK_TYPE(!dtypes.mixed() || (state == at::kFloat && (conv == at::kBFloat16 || conv == at::kHalf)),
+                   "contres: conv_dtype must be x's dtype, or bfloat16 or float16 with float32 x (mixed "
+                   "precision); got conv_dtype ", c10::toString(conv), " with x of dtype ", c10::toString(state));
+  TORCH_CHECK_TYPE(!dtypes.mixed() || !x.is_cuda(), "contres: mixed precision (conv_dtype ", c10::toString(conv),
+                   " with float32 x) runs on the CPU only; on CUDA pass x, weight and bias in one dtype");
+  return dtypes;
+}
+
+Problem make_problem(const Call& call, const at::Tensor& x) {
+  const Dims& d = call.dims;
   Problem p;
-  p.fused_conv = fused_conv;
-  p.cfg = cfg;
-  p.h = h;
+  p.fused_conv = call.fused_conv;
+  p.cfg = call.cfg;
+  p.h = call.h;
   p.n_steps = d.n_steps;
   p.B = d.B.expect_int(), p.C = d.C.expect_int(), p.H = d.H.expect_int(), p.W = d.W.expect_int();
   p.pad = d.k.expect_int() / 2;
   p.opts = x.options();
+  p.conv_opts = x.options().dtype(call.dtypes.conv);
   return p;
+}
+
+// The kernels and biases in the convolution dtype: cast once per call in mixed precision.
+Weights conv_weights(const Problem& p, const at::Tensor& weight, const at::Tensor& bias) {
+  return {weight.to(p.conv_dtype()).contiguous(), bias.to(p.conv_dtype()).contiguous()};
+}
+
+// The first evaluation's input: x in the convolution dtype (a copy in mixed precision, x itself otherwise).
+at::Tensor conv_input_of(const Problem& p, const at::Tensor& x) {
+  return p.mixed() ? x.to(p.conv_dtype()).contiguous(kLayout) : x;
 }
 
 // grad_out, states and aux against x, the arguments and the table: anything the forward did not make is refused.
 void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& states,
-                           const at::Tensor& aux, const Config& cfg, const Dims& d) {
+                           const at::Tensor& aux, const Call& call) {
+  const Config& cfg = call.cfg;
+  const Dims& d = call.dims;
   TORCH_CHECK_VALUE(grad_out.sym_sizes() == x.sym_sizes(), "contres: grad_out must have x's shape ",
                     describe(x.sym_sizes()), ", got ", describe(grad_out.sym_sizes()));
   TORCH_CHECK_TYPE(at::isFloatingType(grad_out.scalar_type()), "contres: grad_out must be a floating tensor, got ",
@@ -75,25 +108,28 @@ void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x, cons
   const SavedCounts n = saved_counts(cfg, d.n_steps);
   const std::string states_what = "the forward's saved states for these arguments (" + std::to_string(n.states) +
                                   " states of x's shape, channels_last)";
-  check_matches(states, states_spec(cfg, d, x.scalar_type()), x.device(), "states", states_what.c_str());
+  check_matches(states, states_spec(cfg, d, call.dtypes), x.device(), "states", states_what.c_str());
   const std::string aux_what = "the forward's saved aux for these arguments (" + std::to_string(n.aux) + " entries of " +
                                name_of(n.aux == 0 ? Aux::None : cfg.aux()) + ")";
-  check_matches(aux, aux_spec(cfg, d, x.scalar_type()), x.device(), "aux", aux_what.c_str());
+  check_matches(aux, aux_spec(cfg, d, call.dtypes), x.device(), "aux", aux_what.c_str());
 }
 
-// States not kept: three in turn (leapfrog reads u_{k-1} and u_k while it writes u_{k+1}).
+// States not kept: three in turn (leapfrog reads u_{k-1} and u_k while it writes u_{k+1}), in the state dtype,
+// and the convolution inputs of mixed precision likewise.
 class Scratch {
  public:
   explicit Scratch(const Problem& p) : p_(p) {}
-  at::Tensor state(int64_t k) {
-    at::Tensor& t = ring_[k % 3];
-    if (!t.defined()) t = empty_state(p_);
-    return t;
-  }
+  at::Tensor state(int64_t k) { return slot(states_, k, false); }
+  at::Tensor input(int64_t k) { return slot(inputs_, k, true); }
 
  private:
+  at::Tensor slot(std::array<at::Tensor, 3>& ring, int64_t k, bool conv) {
+    at::Tensor& t = ring[k % 3];
+    if (!t.defined()) t = conv ? empty_conv_state(p_) : empty_state(p_);
+    return t;
+  }
   const Problem& p_;
-  std::array<at::Tensor, 3> ring_;
+  std::array<at::Tensor, 3> states_, inputs_;
 };
 
 // Where checkpoint stride s keeps u_k, or -1. Leapfrog with s > 1 also keeps the state before each point.
@@ -108,11 +144,12 @@ int64_t checkpoint_slot(const Config& cfg, int64_t n_steps, int64_t k) {
 // The saved tape of a full-storage forward (checkpoint 0): u_0 = x, then the stack.
 int64_t full_state_slot(Method method, int64_t k) { return method == Method::Rk4 ? 4 * k - 1 : k - 1; }
 
-Tape saved_tape(const Problem& p, const at::Tensor& x, const at::Tensor& states, const at::Tensor& aux) {
+// The adjoint's tape of a full-storage forward: what the convolutions read (x_in: the first one's input).
+Tape saved_tape(const Problem& p, const at::Tensor& x_in, const at::Tensor& states, const at::Tensor& aux) {
   const int64_t S = stages_per_step(p.cfg.method);
   const Method m = p.cfg.method;
   Tape t;
-  t.state = [=](int64_t k) { return k == 0 ? x : states[full_state_slot(m, k)]; };
+  t.state = [=](int64_t k) { return k == 0 ? x_in : states[full_state_slot(m, k)]; };
   t.stage = [=](int64_t k, int s) { return states[4 * k + s - 1]; };
   t.aux = [=](int64_t k, int s) { return aux.numel() == 0 ? at::Tensor() : aux[k * S + s]; };
   return t;
@@ -145,24 +182,46 @@ Dims dims_of(const Problem& p) {
 }
 
 // Checkpointed backward: each segment [c, c + s) replayed from its kept state(s) with full storage, last first.
-void replay_segments(const Problem& p, Stages& st, const Weights& w, const at::Tensor& x, const at::Tensor& states,
-                     Adjoint& adjoint) {
+// Mixed precision: the kept states are running states (state dtype); the segment keeps its convolution inputs,
+// the first cast from the kept state, and runs its own states in a scratch ring.
+void replay_segments(const Problem& p, Stages& st, const Weights& w, const at::Tensor& x, const at::Tensor& x_in,
+                     const at::Tensor& states, Adjoint& adjoint) {
   const Config& cfg = p.cfg;
   const int64_t s = cfg.checkpoint, N = p.n_steps, S = stages_per_step(cfg.method);
   const int64_t len = std::min(s, N);  // a stride beyond n_steps is one segment
   const Dims d = dims_of(p);
-  const at::Tensor seg_states = allocate(state_stack_spec(std::max<int64_t>(len - 1, 0), d, x.scalar_type()), p.opts);
+  const at::ScalarType conv = p.conv_dtype();
+  const at::Tensor seg_states = allocate(state_stack_spec(std::max<int64_t>(len - 1, 0), d, conv), p.conv_opts);
   const at::Tensor seg_stages =
-      allocate(state_stack_spec(cfg.method == Method::Rk4 ? 3 * len : 0, d, x.scalar_type()), p.opts);
-  const at::Tensor seg_aux = allocate(aux_stack_spec(cfg.aux(), S * len, d, x.scalar_type()), p.opts);
+      allocate(state_stack_spec(cfg.method == Method::Rk4 ? 3 * len : 0, d, conv), p.conv_opts);
+  const at::Tensor seg_aux = allocate(aux_stack_spec(cfg.aux(), S * len, d, conv), p.conv_opts);
+  Scratch scratch(p);
+  at::Tensor first_input;  // mixed: the kept state of the segment being replayed, cast
   auto kept = [&](int64_t k) { return k == 0 ? x : states[checkpoint_slot(cfg, N, k)]; };
   for (int64_t c = ((N - 1) / s) * s; c >= 0; c -= s) {
     const int64_t end = std::min(c + s, N);
     Tape t;
-    t.state = [&, c, end](int64_t k) {
-      if (k == c) return kept(c);
-      return k < end ? seg_states[k - c - 1] : at::Tensor();
-    };
+    if (p.mixed()) {
+      if (c == 0) {
+        first_input = x_in;
+      } else {
+        if (!first_input.defined()) first_input = empty_conv_state(p);
+        st.to_conv(first_input, kept(c));
+      }
+      t.state = [&, c, end](int64_t k) {
+        if (k == c) return kept(c);
+        return k < end ? scratch.state(k) : at::Tensor();
+      };
+      t.input = [&, c, end](int64_t k) {
+        if (k == c) return first_input;
+        return k < end ? seg_states[k - c - 1] : at::Tensor();
+      };
+    } else {
+      t.state = [&, c, end](int64_t k) {
+        if (k == c) return kept(c);
+        return k < end ? seg_states[k - c - 1] : at::Tensor();
+      };
+    }
     t.stage = [&, c](int64_t k, int i) { return seg_stages[3 * (k - c) + i - 1]; };
     t.aux = [&, c](int64_t k, int i) { return seg_aux.numel() == 0 ? at::Tensor() : seg_aux[S * (k - c) + i]; };
     const at::Tensor before = c == 0 ? x : (cfg.method == Method::Leapfrog && s > 1 ? kept(c - 1) : at::Tensor());
@@ -172,27 +231,32 @@ void replay_segments(const Problem& p, Stages& st, const Weights& w, const at::T
 }
 
 // memory="reversible" (leapfrog): walks back from u_{N-1}, u_N, recomputing u_{k-1} = 2 u_k - u_{k+1} + h^2 f(u_k)
-// with the evaluation the adjoint of step k needs anyway. Returns max|u_0 recomputed - x| / max|x|.
-at::Tensor reversible_walk(const Problem& p, Stages& st, const Weights& w, const at::Tensor& x,
+// with the evaluation the adjoint of step k needs anyway. Returns max|u_0 recomputed - x| / max|x|. Mixed
+// precision: the walk runs on the float states; the pass that recomputes u_{k-1} also writes its convolution input.
+at::Tensor reversible_walk(const Problem& p, Stages& st, const Weights& w, const at::Tensor& x, const at::Tensor& x_in,
                            const at::Tensor& states, Adjoint& adjoint) {
   const int64_t N = p.n_steps;
   const Dims d = dims_of(p);
-  const at::Tensor aux = allocate(aux_stack_spec(p.cfg.aux(), 1, d, x.scalar_type()), p.opts);
+  const at::Tensor aux = allocate(aux_stack_spec(p.cfg.aux(), 1, d, p.conv_dtype()), p.conv_opts);
   const at::Tensor aux0 = aux.numel() == 0 ? at::Tensor() : aux[0];
   at::Tensor drift = at::zeros({}, p.opts);
-  std::array<at::Tensor, 3> ring;  // u_j lives in ring[j % 3] once recomputed
-  at::Tensor u_next = states[1], u = states[0];
+  Scratch ring(p);  // u_j lives in slot j % 3 once recomputed
+  at::Tensor u_next = states[1], u = states[0], u_in = u;
+  if (p.mixed()) {
+    u_in = ring.input(N - 1);
+    st.to_conv(u_in, u);
+  }
   const double h2 = p.h * p.h;
   for (int64_t k = N - 1; k >= 0; --k) {
-    at::Tensor u_prev;
+    at::Tensor u_prev, u_prev_in;
     Combination comb;
     if (k >= 1) {
-      at::Tensor& slot = ring[(k - 1) % 3];
-      if (!slot.defined()) slot = empty_state(p);
-      u_prev = slot;
+      u_prev = ring.state(k - 1);
+      u_prev_in = p.mixed() ? ring.input(k - 1) : u_prev;
       comb.out = u_prev, comb.x0 = u, comb.c0 = 2, comb.x1 = u_next, comb.c1 = -1, comb.alpha = h2;
+      if (p.mixed()) comb.out_low = u_prev_in;
     }
-    const at::Tensor U = k == 0 ? x : u;  // the real input for the first step's gradients
+    const at::Tensor U = k == 0 ? x_in : u_in;  // the real input for the first step's gradients
     st.forward(U, w.K[k], w.b[k], comb, aux0);
     Tape t;
     t.state = [&U](int64_t) { return U; };
@@ -201,6 +265,7 @@ at::Tensor reversible_walk(const Problem& p, Stages& st, const Weights& w, const
     if (k == 1) drift = (u_prev - x).abs().max() / x.abs().max().clamp_min(1e-30);
     u_next = u;
     u = u_prev;
+    u_in = u_prev_in;
   }
   return drift;
 }
@@ -211,14 +276,14 @@ ForwardResult forward_impl(const at::Tensor& x_in, const at::Tensor& weight_in, 
                            const Call& call) {
   const Config& cfg = call.cfg;
   const Dims& d = call.dims;
-  const Problem p = make_problem(cfg, d, call.h, x_in, call.fused_conv);
+  const Problem p = make_problem(call, x_in);
   const at::Tensor x = x_in.contiguous(kLayout);
-  const Weights w{weight_in.contiguous(), bias_in.contiguous()};
+  const Weights w = conv_weights(p, weight_in, bias_in);
   // The output keeps the input's layout; the last step writes into it directly when that is the internal one.
   const at::Tensor out = at::empty_like(x_in, at::MemoryFormat::Preserve);
   const at::Tensor last = out.is_contiguous(kLayout) ? out : empty_state(p);
-  const at::Tensor states = allocate(states_spec(cfg, d, x.scalar_type()), p.opts);
-  const at::Tensor aux = allocate(aux_spec(cfg, d, x.scalar_type()), p.opts);
+  const at::Tensor states = allocate(states_spec(cfg, d, call.dtypes), p.opts);
+  const at::Tensor aux = allocate(aux_spec(cfg, d, call.dtypes), p.opts);
   if (x.numel() == 0) return {out, states, aux};
 
   const int64_t N = p.n_steps, S = stages_per_step(cfg.method);
@@ -226,18 +291,28 @@ ForwardResult forward_impl(const at::Tensor& x_in, const at::Tensor& weight_in, 
   Scratch scratch(p);
   std::array<at::Tensor, 3> stage_scratch;
   Tape t;
+  // Mixed precision: the running states are scratch (full storage keeps the convolution inputs), and each
+  // state's pass also writes the next convolution's input.
   t.state = [&](int64_t k) -> at::Tensor {
     if (k == 0) return x;
     if (k == N) return last;
-    if (full) return states[full_state_slot(cfg.method, k)];
+    if (full) return p.mixed() ? scratch.state(k) : states[full_state_slot(cfg.method, k)];
     if (cfg.memory == Memory::Reversible) return k == N - 1 ? states[0] : scratch.state(k);
     const int64_t slot = checkpoint_slot(cfg, N, k);
     return slot >= 0 ? states[slot] : scratch.state(k);
   };
+  const at::Tensor x_input = conv_input_of(p, x);
+  if (p.mixed()) {
+    t.input = [&](int64_t k) -> at::Tensor {
+      if (k == 0) return x_input;
+      if (k == N) return at::Tensor();  // no convolution reads u_N
+      return full ? states[full_state_slot(cfg.method, k)] : scratch.input(k);
+    };
+  }
   t.stage = [&](int64_t k, int s) -> at::Tensor {
     if (full) return states[4 * k + s - 1];
     at::Tensor& buf = stage_scratch[s - 1];
-    if (!buf.defined()) buf = empty_state(p);
+    if (!buf.defined()) buf = empty_conv_state(p);
     return buf;
   };
   t.aux = [&](int64_t k, int s) { return aux.numel() == 0 ? at::Tensor() : aux[k * S + s]; };
@@ -255,50 +330,56 @@ BackwardResult backward_impl(const at::Tensor& grad_out, const at::Tensor& x_in,
                              const at::Tensor& bias_in, const at::Tensor& states, const at::Tensor& aux,
                              const Call& call) {
   const Config& cfg = call.cfg;
-  const Problem p = make_problem(cfg, call.dims, call.h, x_in, call.fused_conv);
+  const Problem p = make_problem(call, x_in);
   const at::Tensor x = x_in.contiguous(kLayout);
-  const Weights w{weight_in.contiguous(), bias_in.contiguous()};
-  // rk4 adds the contributions of its stages (two per half step, two at each step boundary).
+  const Weights w = conv_weights(p, weight_in, bias_in);
+  // rk4 adds the contributions of its stages (two per half step, two at each step boundary). The gradients are
+  // of the weights' (the state's) dtype: mixed precision sums the convolutions' low-precision ones in float.
   const bool zeroed = cfg.method == Method::Rk4 || x.numel() == 0;
-  const Grads grads{zeroed ? at::zeros_like(w.K, at::MemoryFormat::Contiguous) : at::empty_like(w.K),
-                    zeroed ? at::zeros_like(w.b, at::MemoryFormat::Contiguous) : at::empty_like(w.b)};
+  const Grads grads{zeroed ? at::zeros_like(weight_in, at::MemoryFormat::Contiguous)
+                           : at::empty_like(weight_in, at::MemoryFormat::Contiguous),
+                    zeroed ? at::zeros_like(bias_in, at::MemoryFormat::Contiguous)
+                           : at::empty_like(bias_in, at::MemoryFormat::Contiguous)};
   at::Tensor drift = at::zeros({}, p.opts);
-  if (x.numel() == 0) return {at::zeros_like(x_in, at::MemoryFormat::Preserve), grads.weight, grads.bias, drift};
+  auto result = [&](const at::Tensor& grad_x) -> BackwardResult { return {grad_x, grads.weight, grads.bias, drift}; };
+  if (x.numel() == 0) return result(at::zeros_like(x_in, at::MemoryFormat::Preserve));
 
   const at::Tensor lam = grad_out.to(x.scalar_type()).contiguous(kLayout);
+  const at::Tensor x_input = conv_input_of(p, x);
   Stages st(p);
   const std::unique_ptr<Adjoint> adjoint = make_adjoint(p, st, w, grads, lam);
   if (cfg.memory == Memory::Reversible) {
-    drift = reversible_walk(p, st, w, x, states, *adjoint);
+    drift = reversible_walk(p, st, w, x, x_input, states, *adjoint);
   } else if (cfg.checkpoint == 0) {
-    adjoint->steps(saved_tape(p, x, states, aux), 0, p.n_steps);
+    adjoint->steps(saved_tape(p, x_input, states, aux), 0, p.n_steps);
   } else {
-    replay_segments(p, st, w, x, states, *adjoint);
+    replay_segments(p, st, w, x, x_input, states, *adjoint);
   }
   const at::Tensor gx = adjoint->finish();
-  if (gx.strides() == x_in.strides()) return {gx, grads.weight, grads.bias, drift};
+  if (gx.strides() == x_in.strides()) return result(gx);
   const at::Tensor grad_x = at::empty_like(x_in, at::MemoryFormat::Preserve);
   grad_x.copy_(gx);
-  return {grad_x, grads.weight, grads.bias, drift};
+  return result(grad_x);
 }
 
 Call check_call(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h,
                 c10::string_view layer, c10::string_view activation, int64_t checkpoint, c10::string_view norm,
-                c10::string_view method, c10::string_view memory) {
+                c10::string_view method, c10::string_view memory, std::optional<at::ScalarType> conv_dtype) {
   Call call;
   call.cfg = parse_config(method, layer, activation, norm, memory, checkpoint);
   call.dims = check_inputs(x, weight, bias, h, call.cfg);
+  call.dtypes = check_conv_dtype(x, conv_dtype);
   call.h = h;
   return call;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(const at::Tensor& x, const at::Tensor& weight,
-                                                           const at::Tensor& bias, double h, c10::string_view layer,
-                                                           c10::string_view activation, int64_t checkpoint,
-                                                           c10::string_view norm, c10::string_view method,
-                                                           c10::string_view memory) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h, c10::string_view layer,
+    c10::string_view activation, int64_t checkpoint, c10::string_view norm, c10::string_view method,
+    c10::string_view memory, std::optional<at::ScalarType> conv_dtype) {
   const c10::DeviceGuard device(x.device());  // x's GPU current for the passes and ATen's convolutions
-  const Call call = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory);
+  const NoAutocast no_autocast;
+  const Call call = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory, conv_dtype);
 #ifdef CONTRES_WITH_CUDA
   if (x.is_cuda()) return cuda_forward(x, weight, bias, call);
 #endif
@@ -309,10 +390,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(const at::Tensor& x, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
-    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory) {
+    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory,
+    std::optional<at::ScalarType> conv_dtype) {
   const c10::DeviceGuard device(x.device());
-  const Call call = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory);
-  check_backward_inputs(grad_out, x, states, aux, call.cfg, call.dims);
+  const NoAutocast no_autocast;
+  const Call call = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory, conv_dtype);
+  check_backward_inputs(grad_out, x, states, aux, call);
 #ifdef CONTRES_WITH_CUDA
   if (x.is_cuda()) return cuda_backward(grad_out, x, weight, bias, states, aux, call);
 #endif
@@ -320,23 +403,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward(
   return backward_impl(grad_out, x, weight, bias, states, aux, call);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward_meta(const at::Tensor& x, const at::Tensor& weight,
-                                                                const at::Tensor& bias, double h,
-                                                                c10::string_view layer, c10::string_view activation,
-                                                                int64_t checkpoint, c10::string_view norm,
-                                                                c10::string_view method, c10::string_view memory) {
-  const Call c = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward_meta(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h, c10::string_view layer,
+    c10::string_view activation, int64_t checkpoint, c10::string_view norm, c10::string_view method,
+    c10::string_view memory, std::optional<at::ScalarType> conv_dtype) {
+  const Call c = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory, conv_dtype);
   return {at::empty_like(x, at::MemoryFormat::Preserve),
-          allocate(states_spec(c.cfg, c.dims, x.scalar_type()), x.options()),
-          allocate(aux_spec(c.cfg, c.dims, x.scalar_type()), x.options())};
+          allocate(states_spec(c.cfg, c.dims, c.dtypes), x.options()),
+          allocate(aux_spec(c.cfg, c.dims, c.dtypes), x.options())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward_meta(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
-    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory) {
-  const Call c = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory);
-  check_backward_inputs(grad_out, x, states, aux, c.cfg, c.dims);
+    int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory,
+    std::optional<at::ScalarType> conv_dtype) {
+  const Call c = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory, conv_dtype);
+  check_backward_inputs(grad_out, x, states, aux, c);
   return {at::empty_like(x, at::MemoryFormat::Preserve), at::empty_like(weight, at::MemoryFormat::Contiguous),
           at::empty_like(bias, at::MemoryFormat::Contiguous), at::empty({}, x.options())};
 }
