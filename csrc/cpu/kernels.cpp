@@ -1,8 +1,8 @@
 // CPU implementations of the fused elementwise passes (see kernels.h), parallel over segments of the flat data
 // with at::parallel_for. Every dtype pair (vec.h's DtypePair: float, double, bf16, fp16, and float states with
 // bf16 or fp16 convolution operands) runs on at::vec: each operand is loaded as vectors of the opmath type,
-// computed on there, and stored back in its own dtype, 8 elements (one mask byte) at a time; a segment's last
-// n % 8 elements run the same maths in scalar code. The optional operands are template flags, so every inner
+// computed on there, and stored back in its own dtype, 16 elements (two mask bytes) at a time; a segment's last
+// n % 16 elements run the same maths in scalar code. The optional operands are template flags, so every inner
 // loop is branch-free; only the (activation, aux) pairs the table in config.h can produce are instantiated.
 #include "vec.h"
 
@@ -20,12 +20,14 @@ namespace contres {
 namespace {
 
 using cpu::act_vec;
+using cpu::BlockVecs;
+using cpu::kBlock;
+using cpu::load_block;
+using cpu::store_block;
 using cpu::df_value_vec;
-using cpu::load_vec;
 using cpu::mask_bits;
 using cpu::OpVec;
 using cpu::shifted;
-using cpu::store_vec;
 
 // Work items: segments of the flat data, starting at multiples of 8 elements so that each owns whole mask bytes.
 struct Segments {
@@ -105,32 +107,40 @@ void forward_segment_scalar(const ForwardPtrs<S, L>& p, int64_t n, const std::ar
 template <typename S, typename L, Act A, Aux K, bool kOut, bool kOutLow, bool kX1, bool kOut2>
 void forward_segment(const ForwardPtrs<S, L>& p, int64_t n, const std::array<at::opmath_type<S>, 4>& c) {
   using Vec = OpVec<S>;
+  using Vecs = BlockVecs<S>;
   constexpr int64_t V = Vec::size();
-  static_assert(8 % V == 0, "a vector must not straddle two mask bytes");
-  const int64_t body = n / 8 * 8;
+  const int64_t body = n / kBlock * kBlock;
   const Vec c0(c[0]), c1(c[1]), alpha(c[2]), beta(c[3]);
-  for (int64_t i = 0; i < body; i += 8) {
-    unsigned bits = 0;
-    for (int64_t j = i; j < i + 8; j += V) {
-      const Vec z = load_vec(p.z + j);
-      if constexpr (K == Aux::Mask) bits |= mask_bits<A>(z) << (j - i);
-      if constexpr (kOut || kOutLow || kOut2 || K == Aux::Value) {
-        const Vec f = act_vec<A>(z);
-        Vec o, o2;
-        if constexpr (kOut || kOutLow) {
-          Vec base = c0 * load_vec(p.x0 + j);
-          if constexpr (kX1) base = at::vec::fmadd(c1, load_vec(p.x1 + j), base);
-          o = at::vec::fmadd(alpha, f, base);
-        }
-        if constexpr (kOut2) o2 = at::vec::fmadd(beta, f, load_vec(p.y0 + j));
-        // Every operand of these elements is read: the outputs may alias the inputs they replace.
-        if constexpr (K == Aux::Value) store_vec(p.val + j, f);
-        if constexpr (kOut) store_vec(p.out + j, o);
-        if constexpr (kOutLow) store_vec(p.out_low + j, o);
-        if constexpr (kOut2) store_vec(p.out2 + j, o2);
-      }
+  for (int64_t i = 0; i < body; i += kBlock) {
+    const Vecs z = load_block(p.z + i);
+    if constexpr (K == Aux::Mask) {
+      unsigned bits = 0;
+      for (size_t j = 0; j < z.size(); ++j) bits |= mask_bits<A>(z[j]) << (j * V);
+      p.mask[i / 8] = static_cast<uint8_t>(bits), p.mask[i / 8 + 1] = static_cast<uint8_t>(bits >> 8);
     }
-    if constexpr (K == Aux::Mask) p.mask[i / 8] = static_cast<uint8_t>(bits);
+    if constexpr (kOut || kOutLow || kOut2 || K == Aux::Value) {
+      Vecs f, o, o2;
+      for (size_t j = 0; j < z.size(); ++j) f[j] = act_vec<A>(z[j]);
+      if constexpr (kOut || kOutLow) {
+        const Vecs x0 = load_block(p.x0 + i);
+        Vecs x1;
+        if constexpr (kX1) x1 = load_block(p.x1 + i);
+        for (size_t j = 0; j < z.size(); ++j) {
+          Vec base = c0 * x0[j];
+          if constexpr (kX1) base = at::vec::fmadd(c1, x1[j], base);
+          o[j] = at::vec::fmadd(alpha, f[j], base);
+        }
+      }
+      if constexpr (kOut2) {
+        const Vecs y0 = load_block(p.y0 + i);
+        for (size_t j = 0; j < z.size(); ++j) o2[j] = at::vec::fmadd(beta, f[j], y0[j]);
+      }
+      // Every operand of these elements is read: the outputs may alias the inputs they replace.
+      if constexpr (K == Aux::Value) store_block(p.val + i, f);
+      if constexpr (kOut) store_block(p.out + i, o);
+      if constexpr (kOutLow) store_block(p.out_low + i, o);
+      if constexpr (kOut2) store_block(p.out2 + i, o2);
+    }
   }
   forward_segment_scalar<S, L, A, K, kOut, kOutLow, kX1, kOut2>(p.at(body), n - body, c);
 }
@@ -211,34 +221,43 @@ template <typename S, typename L, Act A, Aux K, bool kMu, bool kSum, bool kBias>
 void gate_segment(const GatePtrs<S, L>& p, int64_t n, at::opmath_type<S> c_mu, at::opmath_type<S> scale,
                   const at::opmath_type<S>* table, BiasAcc<at::opmath_type<S>>& bias) {
   using Vec = OpVec<S>;
+  using Vecs = BlockVecs<S>;
   constexpr int64_t V = Vec::size();
-  static_assert(8 % V == 0, "a vector must not straddle two mask bytes");
-  const int64_t body = n / 8 * 8;
+  const int64_t body = n / kBlock * kBlock;
   const Vec cv(c_mu), sv(scale);
   const bool whole_vectors = bias.C % V == 0;  // then a vector holds channels c .. c + V - 1
-  for (int64_t i = 0; i < body; i += V) {
-    Vec v = load_vec(p.lam + i), s;
+  for (int64_t i = 0; i < body; i += kBlock) {
+    Vecs v = load_block(p.lam + i), s, d, g;
     if constexpr (kMu) {
-      const Vec m = load_vec(p.mu + i);
-      v = at::vec::fmadd(cv, m, v);
-      if constexpr (kSum) s = load_vec(p.sum_in + i) + m;
+      const Vecs m = load_block(p.mu + i);
+      Vecs in;
+      if constexpr (kSum) in = load_block(p.sum_in + i);
+      for (size_t j = 0; j < v.size(); ++j) {
+        v[j] = at::vec::fmadd(cv, m[j], v[j]);
+        if constexpr (kSum) s[j] = in[j] + m[j];
+      }
     }
-    Vec d;
-    if constexpr (K == Aux::Mask) d = Vec::loadu(table + 8 * p.mask[i / 8] + i % 8);
-    else if constexpr (K == Aux::Value) d = df_value_vec<A>(load_vec(p.val + i));
-    else d = Vec(1);
-    const Vec g = sv * d * v;
-    store_vec(p.g + i, g);
-    if constexpr (kSum) store_vec(p.sum_out + i, s);
+    if constexpr (K == Aux::Value) d = load_block(p.val + i);
+    for (size_t j = 0; j < v.size(); ++j) {
+      const int64_t e = i + static_cast<int64_t>(j) * V;  // the first element of vector j
+      if constexpr (K == Aux::Mask) d[j] = Vec::loadu(table + 8 * p.mask[e / 8] + e % 8);
+      else if constexpr (K == Aux::Value) d[j] = df_value_vec<A>(d[j]);
+      else d[j] = Vec(1);
+      g[j] = sv * d[j] * v[j];
+    }
+    store_block(p.g + i, g);
+    if constexpr (kSum) store_block(p.sum_out + i, s);
     if constexpr (kBias) {
-      if (whole_vectors) {
-        (Vec::loadu(bias.acc + bias.c) + g).store(bias.acc + bias.c);
-        bias.c += V;
-        if (bias.c == bias.C) bias.c = 0;
-      } else {
-        at::opmath_type<S> lanes[V];
-        g.store(lanes);
-        for (int64_t t = 0; t < V; ++t) bias.add(lanes[t]);
+      for (size_t j = 0; j < g.size(); ++j) {
+        if (whole_vectors) {
+          (Vec::loadu(bias.acc + bias.c) + g[j]).store(bias.acc + bias.c);
+          bias.c += V;
+          if (bias.c == bias.C) bias.c = 0;
+        } else {
+          at::opmath_type<S> lanes[V];
+          g[j].store(lanes);
+          for (int64_t t = 0; t < V; ++t) bias.add(lanes[t]);
+        }
       }
     }
   }

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -26,9 +27,10 @@ using cpu::store_vec;
 
 constexpr int64_t kGrainElements = 1 << 14;
 
-// 1 / sqrt(sum_c z_c^2 + eps) of one pixel.
+// 1 / sqrt(sum_c z_c^2 + eps) of one pixel. With a reduced L (vectorised) it also leaves z widened in zf, so
+// that the pass converts each element once.
 template <typename L, bool kVec>
-at::opmath_type<L> inverse_length(const L* z, int64_t C) {
+at::opmath_type<L> inverse_length(const L* z, int64_t C, at::opmath_type<L>* zf) {
   using opmath_t = at::opmath_type<L>;
   opmath_t ss = 0;
   if constexpr (kVec) {
@@ -36,6 +38,7 @@ at::opmath_type<L> inverse_length(const L* z, int64_t C) {
     Vec acc(0);
     for (int64_t c = 0; c < C; c += Vec::size()) {
       const Vec zv = load_vec(z + c);
+      if constexpr (cpu::kReduced<L>) zv.store(zf + c);
       acc = at::vec::fmadd(zv, zv, acc);
     }
     ss = at::vec::vec_reduce_all<opmath_t>([](Vec& a, Vec& b) { return a + b; }, acc);
@@ -43,6 +46,13 @@ at::opmath_type<L> inverse_length(const L* z, int64_t C) {
     for (int64_t c = 0; c < C; ++c) ss += static_cast<opmath_t>(z[c]) * static_cast<opmath_t>(z[c]);
   }
   return opmath_t(1) / std::sqrt(ss + static_cast<opmath_t>(kTvEps));
+}
+
+// z[c .. c + V) as a vector: from inverse_length's widened copy for a reduced L.
+template <typename L>
+OpVec<L> z_vec(const L* z, const at::opmath_type<L>* zf, int64_t c) {
+  if constexpr (cpu::kReduced<L>) return OpVec<L>::loadu(zf + c);
+  else return load_vec(z + c);
 }
 
 // The pointers of one pixel (kernels.h: z, out_low, a_out and keep in the convolution dtype L, the rest in the
@@ -62,17 +72,17 @@ struct TvForwardPixel {
 // Forward of one pixel: a = act(z / r); out (and out_low) = c0 x0 + c1 x1 + alpha a, out2 = y0 + beta a,
 // a_out = a (may alias z), keep = z -- each when its pointer is set.
 template <typename S, typename L, Act A, bool kVec>
-void tv_forward_pixel(const TvForwardPixel<S, L>& p, int64_t C, const at::opmath_type<S>* k) {
+void tv_forward_pixel(const TvForwardPixel<S, L>& p, int64_t C, const at::opmath_type<S>* k,
+                      at::opmath_type<S>* zf) {
   using opmath_t = at::opmath_type<S>;
-  const opmath_t inv_r = inverse_length<L, kVec>(p.z, C);
+  const opmath_t inv_r = inverse_length<L, kVec>(p.z, C, zf);
   const bool combine = p.out || p.out_low;
+  if (p.keep) std::memcpy(p.keep, p.z, C * sizeof(L));  // before a_out, which may alias z, is written
   if constexpr (kVec) {
     using Vec = OpVec<S>;
     const Vec iv(inv_r), c0(k[0]), c1(k[1]), alpha(k[2]), beta(k[3]);
     for (int64_t c = 0; c < C; c += Vec::size()) {
-      const Vec zv = load_vec(p.z + c);
-      if (p.keep) store_vec(p.keep + c, zv);
-      const Vec a = act_vec<A>(zv * iv);
+      const Vec a = act_vec<A>(z_vec(p.z, zf, c) * iv);
       if (combine) {
         Vec base = c0 * load_vec(p.x0 + c);
         if (p.x1) base = at::vec::fmadd(c1, load_vec(p.x1 + c), base);
@@ -85,9 +95,7 @@ void tv_forward_pixel(const TvForwardPixel<S, L>& p, int64_t C, const at::opmath
     }
   } else {
     for (int64_t c = 0; c < C; ++c) {
-      const opmath_t zc = static_cast<opmath_t>(p.z[c]);
-      if (p.keep) p.keep[c] = p.z[c];
-      const opmath_t a = Activation<A>::f(zc * inv_r);
+      const opmath_t a = Activation<A>::f(static_cast<opmath_t>(p.z[c]) * inv_r);
       if (combine) {
         opmath_t o = k[0] * static_cast<opmath_t>(p.x0[c]);
         if (p.x1) o += k[1] * static_cast<opmath_t>(p.x1[c]);
@@ -115,12 +123,12 @@ struct TvGatePixel {
 
 // Adjoint of one pixel: v = lam + c_mu mu, w = scale act'(n) v, g = (w - n (n . w)) / r with n = z / r;
 // sum_out = sum_in + mu; a_out = act(n). w waits in `w` (opmath, C entries) between the two loops, so g may
-// alias lam and sum_out may alias mu or sum_in.
+// alias lam and sum_out may alias mu or sum_in; zf holds z widened (a reduced L).
 template <typename S, typename L, Act A, bool kVec>
-void tv_gate_pixel(const TvGatePixel<S, L>& p, at::opmath_type<S>* w, int64_t C, at::opmath_type<S> c_mu,
-                   at::opmath_type<S> scale) {
+void tv_gate_pixel(const TvGatePixel<S, L>& p, at::opmath_type<S>* w, at::opmath_type<S>* zf, int64_t C,
+                   at::opmath_type<S> c_mu, at::opmath_type<S> scale) {
   using opmath_t = at::opmath_type<S>;
-  const opmath_t inv_r = inverse_length<L, kVec>(p.z, C);
+  const opmath_t inv_r = inverse_length<L, kVec>(p.z, C, zf);
   if constexpr (kVec) {
     using Vec = OpVec<S>;
     const Vec iv(inv_r), sv(scale), cv(c_mu);
@@ -132,7 +140,7 @@ void tv_gate_pixel(const TvGatePixel<S, L>& p, at::opmath_type<S>* w, int64_t C,
         v = at::vec::fmadd(cv, m, v);
         if (p.sum_out) store_vec(p.sum_out + c, load_vec(p.sum_in + c) + m);
       }
-      const Vec n = load_vec(p.z + c) * iv;
+      const Vec n = z_vec(p.z, zf, c) * iv;
       const Vec a = act_vec<A>(n);
       if (p.a_out) store_vec(p.a_out + c, a);
       const Vec wv = sv * df_value_vec<A>(a) * v;
@@ -141,7 +149,7 @@ void tv_gate_pixel(const TvGatePixel<S, L>& p, at::opmath_type<S>* w, int64_t C,
     }
     const Vec dv(at::vec::vec_reduce_all<opmath_t>([](Vec& x, Vec& y) { return x + y; }, dot));
     for (int64_t c = 0; c < C; c += Vec::size())
-      store_vec(p.g + c, (Vec::loadu(w + c) - load_vec(p.z + c) * iv * dv) * iv);
+      store_vec(p.g + c, (Vec::loadu(w + c) - z_vec(p.z, zf, c) * iv * dv) * iv);
   } else {
     opmath_t dot = 0;
     for (int64_t c = 0; c < C; ++c) {
@@ -208,8 +216,9 @@ void tv_forward_pass_cpu(const TvForwardPass& a) {
                            static_cast<opmath_t>(comb.alpha), static_cast<opmath_t>(comb.beta)};
     const int64_t C = a.channels;
     for_pixel_chunks<S>(a.act, a.z.numel(), C, [&](auto act, auto vec, int64_t begin, int64_t end) {
+      std::vector<opmath_t> zf(C);  // this chunk's scratch for one pixel's widened z
       for (int64_t px = begin; px < end; ++px)
-        tv_forward_pixel<S, L, decltype(act)::value, decltype(vec)::value>(base.at(px * C), C, k);
+        tv_forward_pixel<S, L, decltype(act)::value, decltype(vec)::value>(base.at(px * C), C, k, zf.data());
     });
   });
 }
@@ -231,9 +240,10 @@ void tv_gate_pass_cpu(const TvGatePass& a) {
     const int64_t C = a.channels;
     const auto c_mu = static_cast<opmath_t>(a.c_mu), scale = static_cast<opmath_t>(a.scale);
     for_pixel_chunks<S>(a.act, a.lam.numel(), C, [&](auto act, auto vec, int64_t begin, int64_t end) {
-      std::vector<opmath_t> w(C);  // this chunk's scratch for one pixel's w
+      std::vector<opmath_t> w(C), zf(C);  // this chunk's scratch for one pixel's w and widened z
       for (int64_t px = begin; px < end; ++px)
-        tv_gate_pixel<S, L, decltype(act)::value, decltype(vec)::value>(base.at(px * C), w.data(), C, c_mu, scale);
+        tv_gate_pixel<S, L, decltype(act)::value, decltype(vec)::value>(base.at(px * C), w.data(), zf.data(), C,
+                                                                          c_mu, scale);
     });
   });
 }

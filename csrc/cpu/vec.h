@@ -22,6 +22,7 @@
 #include <immintrin.h>
 #endif
 
+#include <array>
 #include <type_traits>
 
 #include "../activations.h"
@@ -92,6 +93,33 @@ void store_vec(T* p, const OpVec<T>& v) {
 #endif
   } else {
     v.store(p);
+  }
+}
+
+// The elementwise passes' unit: 16 elements as opmath vectors (2 of floats, 4 of doubles), so that a reduced type
+// converts 16 lanes per 32-byte load or store (the conversions, not the bytes, bound a reduced pass on AVX2).
+constexpr int64_t kBlock = 16;
+
+template <typename T>
+using BlockVecs = std::array<OpVec<T>, kBlock / OpVec<T>::size()>;
+
+template <typename T>
+BlockVecs<T> load_block(const T* p) {
+  BlockVecs<T> v;
+  if constexpr (kReduced<T>) {
+    at::vec::load_to_float(p, v[0], v[1]);
+  } else {
+    for (size_t j = 0; j < v.size(); ++j) v[j] = OpVec<T>::loadu(p + j * OpVec<T>::size());
+  }
+  return v;
+}
+
+template <typename T>
+void store_block(T* p, const BlockVecs<T>& v) {
+  if constexpr (kReduced<T>) {
+    at::vec::convert_from_float<T>(v[0], v[1]).store(p);
+  } else {
+    for (size_t j = 0; j < v.size(); ++j) v[j].store(p + j * OpVec<T>::size());
   }
 }
 
