@@ -89,9 +89,11 @@ Weights conv_weights(const Problem& p, const at::Tensor& weight, const at::Tenso
   return {weight.to(p.conv_dtype()).contiguous(), bias.to(p.conv_dtype()).contiguous()};
 }
 
-// The first evaluation's input: x in the convolution dtype (a copy in mixed precision, x itself otherwise).
-at::Tensor conv_input_of(const Problem& p, const at::Tensor& x) {
-  return p.mixed() ? x.to(p.conv_dtype()).contiguous(kLayout) : x;
+// The first evaluation's input: x_in in the convolution dtype and the internal layout (one pass in mixed
+// precision), x (x_in in the internal layout) otherwise.
+at::Tensor conv_input_of(const Problem& p, const at::Tensor& x_in, const at::Tensor& x) {
+  if (!p.mixed()) return x;
+  return x_in.to(x_in.options().dtype(p.conv_dtype()), false, false, kLayout);
 }
 
 // grad_out, states and aux against x, the arguments and the table: anything the forward did not make is refused.
@@ -301,7 +303,7 @@ ForwardResult forward_impl(const at::Tensor& x_in, const at::Tensor& weight_in, 
     const int64_t slot = checkpoint_slot(cfg, N, k);
     return slot >= 0 ? states[slot] : scratch.state(k);
   };
-  const at::Tensor x_input = conv_input_of(p, x);
+  const at::Tensor x_input = conv_input_of(p, x_in, x);
   if (p.mixed()) {
     t.input = [&](int64_t k) -> at::Tensor {
       if (k == 0) return x_input;
@@ -331,21 +333,23 @@ BackwardResult backward_impl(const at::Tensor& grad_out, const at::Tensor& x_in,
                              const Call& call) {
   const Config& cfg = call.cfg;
   const Problem p = make_problem(call, x_in);
-  const at::Tensor x = x_in.contiguous(kLayout);
+  // x itself: the first convolution's input (one dtype), or where a replay or the reversible walk starts.
+  const bool need_x = !p.mixed() || cfg.checkpoint > 0 || cfg.memory == Memory::Reversible;
+  const at::Tensor x = need_x ? x_in.contiguous(kLayout) : at::Tensor();
   const Weights w = conv_weights(p, weight_in, bias_in);
   // rk4 adds the contributions of its stages (two per half step, two at each step boundary). The gradients are
   // of the weights' (the state's) dtype: mixed precision sums the convolutions' low-precision ones in float.
-  const bool zeroed = cfg.method == Method::Rk4 || x.numel() == 0;
+  const bool zeroed = cfg.method == Method::Rk4 || x_in.numel() == 0;
   const Grads grads{zeroed ? at::zeros_like(weight_in, at::MemoryFormat::Contiguous)
                            : at::empty_like(weight_in, at::MemoryFormat::Contiguous),
                     zeroed ? at::zeros_like(bias_in, at::MemoryFormat::Contiguous)
                            : at::empty_like(bias_in, at::MemoryFormat::Contiguous)};
   at::Tensor drift = at::zeros({}, p.opts);
   auto result = [&](const at::Tensor& grad_x) -> BackwardResult { return {grad_x, grads.weight, grads.bias, drift}; };
-  if (x.numel() == 0) return result(at::zeros_like(x_in, at::MemoryFormat::Preserve));
+  if (x_in.numel() == 0) return result(at::zeros_like(x_in, at::MemoryFormat::Preserve));
 
-  const at::Tensor lam = grad_out.to(x.scalar_type()).contiguous(kLayout);
-  const at::Tensor x_input = conv_input_of(p, x);
+  const at::Tensor lam = grad_out.to(x_in.scalar_type()).contiguous(kLayout);
+  const at::Tensor x_input = conv_input_of(p, x_in, x);
   Stages st(p);
   const std::unique_ptr<Adjoint> adjoint = make_adjoint(p, st, w, grads, lam);
   if (cfg.memory == Memory::Reversible) {
