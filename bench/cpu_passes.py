@@ -1,7 +1,7 @@
 """Per-element time of contres' CPU passes in each precision: ``python bench/cpu_passes.py [--json PATH]``.
 
 Times each elementwise pass alone (the private ops contres::_forward_pass, _gate_pass, _tv_forward_pass,
-_tv_gate_pass; csrc/cpu/pass_ops.cpp) on warm buffers of one state (default B32 C32 32x32, 1M elements), with the
+_tv_gate_pass; csrc/pass_ops.cpp) on warm buffers of one state (default B32 C32 32x32, 1M elements), with the
 operands an Euler step of single/relu gives it (forward: z, x0 -> out and the mask; gate: lam, mu and the mask
 -> g, the running sum and the bias gradient; tv: tanh), in float32, whole bf16 / fp16, and mixed precision
 (float32 state, bf16 / fp16 convolution operands: the forward also writes out_low, the next convolution's

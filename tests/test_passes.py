@@ -226,15 +226,19 @@ def test_tv_gate_pass(pair, act, C):
 def test_pass_ops_check_their_operands():
     """The private ops refuse what the passes cannot index: wrong sizes, non-contiguous data, a short mask."""
     z, out = torch.randn(32), torch.empty(32)
-    with pytest.raises(ValueError, match="x0 must be a contiguous CPU tensor of 32 elements"):
+    with pytest.raises(ValueError, match="x0 must be a contiguous tensor on cpu of 32 elements"):
         ops._forward_pass(z, "relu", "none", None, out, torch.randn(31), None, 1.0, 0.0, 1.0, None, None, None, 0.0)
     with pytest.raises(ValueError, match="out must be a contiguous"):
         ops._forward_pass(z, "relu", "none", None, torch.empty(64)[::2], z, None, 1.0, 0.0, 1.0, None, None, None,
                           0.0)
-    with pytest.raises(ValueError, match="aux must be a contiguous CPU tensor of 4 elements"):
+    with pytest.raises(ValueError, match="aux must be a contiguous tensor on cpu of 4 elements"):
         ops._forward_pass(z, "relu", "mask", torch.zeros(3, dtype=torch.uint8), None, None, None, 1.0, 0.0, 1.0,
                           None, None, None, 0.0)
     with pytest.raises(ValueError, match="channels must divide"):
         ops._gate_pass(z, None, 1.0, None, "identity", "none", 1.0, out, None, None, torch.empty(5), 5)
     with pytest.raises(ValueError, match="out needs x0"):
         ops._forward_pass(z, "relu", "none", None, out, None, None, 1.0, 0.0, 1.0, None, None, None, 0.0)
+    with pytest.raises(ValueError, match="'mask' needs an aux"):
+        ops._gate_pass(z, None, 1.0, None, "relu", "mask", 1.0, out, None, None, None, 4)
+    with pytest.raises(NotImplementedError, match="Meta"):  # another device: the dispatcher refuses it first
+        ops._forward_pass(z, "relu", "none", None, out, z.to("meta"), None, 1.0, 0.0, 1.0, None, None, None, 0.0)

@@ -1,50 +1,53 @@
-// The CPU elementwise passes (kernels.h) as private ops, contres::_forward_pass, _gate_pass, _tv_forward_pass
-// and _tv_gate_pass, so that each pass can be unit-tested in every dtype pair against a formula
-// (tests/test_passes.py) and timed alone (bench/cpu_passes.py). The blocks call the passes directly, never these.
-// The arguments are the structs' fields, by name; undefined optionals are the structs' undefined tensors.
+// The elementwise passes (kernels.h) as private ops, contres::_forward_pass, _gate_pass, _tv_forward_pass and
+// _tv_gate_pass, on the device of their tensors, so that each pass can be unit-tested in every dtype pair against
+// a formula (tests/test_passes.py) and timed alone (bench/cpu_passes.py). The blocks call the passes directly,
+// never these. The arguments are the structs' fields, by name; undefined optionals are undefined tensors.
 #include <torch/library.h>
 
 #include <initializer_list>
 #include <optional>
 #include <utility>
 
-#include "../kernels.h"
+#include "kernels.h"
 
 namespace contres {
 namespace {
 
 at::Tensor opt(const std::optional<at::Tensor>& t) { return t.value_or(at::Tensor()); }
 
-// The passes index their operands linearly: each must be a contiguous CPU tensor of the pass's element count
-// (a Mask aux: its bytes), or a clear error comes instead of a read out of bounds.
-void check_operand(const at::Tensor& t, const char* name, int64_t numel) {
-  if (!t.defined()) return;
-  TORCH_CHECK_VALUE(t.is_cpu() && t.is_contiguous() && t.numel() == numel, "contres: ", name,
-                    " must be a contiguous CPU tensor of ", numel, " elements");
-}
+// The passes index their operands linearly: each must be a contiguous tensor on the first operand's device with
+// the pass's element count (a Mask aux: its bytes), or a clear error comes instead of a read out of bounds.
+struct Operands {
+  c10::Device device;
+  int64_t numel;
 
-void check_state_operands(std::initializer_list<std::pair<const at::Tensor*, const char*>> operands, int64_t numel) {
-  for (const auto& [t, name] : operands) check_operand(*t, name, numel);
-}
+  void check(const at::Tensor& t, const char* name, int64_t count) const {
+    if (!t.defined()) return;
+    TORCH_CHECK_VALUE(t.device() == device && t.is_contiguous() && t.numel() == count, "contres: ", name,
+                      " must be a contiguous tensor on ", device.str(), " of ", count, " elements");
+  }
+  void check(std::initializer_list<std::pair<const at::Tensor*, const char*>> operands) const {
+    for (const auto& [t, name] : operands) check(*t, name, numel);
+  }
+  void check_channels(int64_t channels) const {
+    TORCH_CHECK_VALUE(channels > 0 && numel % channels == 0, "contres: channels must divide the ", numel,
+                      " elements, got ", channels);
+  }
+  void check_aux(const at::Tensor& aux, Aux kind) const {
+    TORCH_CHECK_VALUE(aux.defined() == (kind != Aux::None), "contres: aux_kind '", name_of(kind),
+                      aux.defined() ? "' takes no aux" : "' needs an aux");
+    TORCH_CHECK_VALUE(kind != Aux::Pre, "contres: aux_kind 'pre' belongs to the tv passes");
+    TORCH_CHECK_TYPE(kind != Aux::Mask || aux.scalar_type() == at::kByte, "contres: a mask aux must be uint8");
+    check(aux, "aux", kind == Aux::Mask ? (numel + 7) / 8 : numel);
+  }
+  void check(const Combination& c) const {
+    check({{&c.out, "out"}, {&c.x0, "x0"}, {&c.x1, "x1"}, {&c.out_low, "out_low"}, {&c.out2, "out2"}, {&c.y0, "y0"}});
+    TORCH_CHECK_VALUE(!(c.out.defined() || c.out_low.defined()) || c.x0.defined(), "contres: out needs x0");
+    TORCH_CHECK_VALUE(!c.out2.defined() || c.y0.defined(), "contres: out2 needs y0");
+  }
+};
 
-void check_channels(int64_t channels, int64_t numel) {
-  TORCH_CHECK_VALUE(channels > 0 && numel % channels == 0, "contres: channels must divide the ", numel,
-                    " elements, got ", channels);
-}
-
-void check_aux(const at::Tensor& aux, Aux kind, int64_t numel) {
-  if (!aux.defined()) return;
-  TORCH_CHECK_VALUE(kind == Aux::Mask || kind == Aux::Value, "contres: aux_kind must be 'mask' or 'value' with an aux");
-  check_operand(aux, "aux", kind == Aux::Mask ? (numel + 7) / 8 : numel);
-  TORCH_CHECK_TYPE(kind != Aux::Mask || aux.scalar_type() == at::kByte, "contres: a mask aux must be uint8");
-}
-
-void check_combination(const Combination& c, int64_t numel) {
-  check_state_operands({{&c.out, "out"}, {&c.x0, "x0"}, {&c.x1, "x1"}, {&c.out_low, "out_low"}, {&c.out2, "out2"},
-                        {&c.y0, "y0"}}, numel);
-  TORCH_CHECK_VALUE(!(c.out.defined() || c.out_low.defined()) || c.x0.defined(), "contres: out needs x0");
-  TORCH_CHECK_VALUE(!c.out2.defined() || c.y0.defined(), "contres: out2 needs y0");
-}
+Operands operands_like(const at::Tensor& first) { return {first.device(), first.numel()}; }
 
 Combination combination(const std::optional<at::Tensor>& out, const std::optional<at::Tensor>& x0,
                         const std::optional<at::Tensor>& x1, double c0, double c1, double alpha,
@@ -64,12 +67,17 @@ void forward_pass_op(const at::Tensor& z, c10::string_view activation, c10::stri
   ForwardPass p;
   p.z = z, p.act = parse<Act>(activation), p.aux_kind = parse<Aux>(aux_kind), p.aux = opt(aux);
   p.comb = combination(out, x0, x1, c0, c1, alpha, out_low, out2, y0, beta);
-  check_operand(z, "z", z.numel());
-  check_combination(p.comb, z.numel());
-  check_aux(p.aux, p.aux_kind, z.numel());
+  const Operands ops = operands_like(z);
+  ops.check(z, "z", ops.numel);
+  ops.check(p.comb);
+  ops.check_aux(p.aux, p.aux_kind);
+#ifdef CONTRES_WITH_CUDA
+  if (z.is_cuda()) return forward_pass_cuda(p);
+#endif
   forward_pass_cpu(p);
 }
 
+// Returns whether the pass reduced the bias gradient (the CPU always does; CUDA for C % 8 == 0, aligned data).
 bool gate_pass_op(const at::Tensor& lam, const std::optional<at::Tensor>& mu, double c_mu,
                   const std::optional<at::Tensor>& aux, c10::string_view activation, c10::string_view aux_kind,
                   double scale, const at::Tensor& g, const std::optional<at::Tensor>& sum_in,
@@ -78,14 +86,14 @@ bool gate_pass_op(const at::Tensor& lam, const std::optional<at::Tensor>& mu, do
   p.lam = lam, p.mu = opt(mu), p.c_mu = c_mu, p.aux = opt(aux), p.act = parse<Act>(activation);
   p.aux_kind = parse<Aux>(aux_kind), p.scale = scale, p.g = g, p.sum_in = opt(sum_in), p.sum_out = opt(sum_out);
   p.bias = opt(bias), p.channels = channels;
-  const int64_t n = lam.numel();
-  check_state_operands({{&p.lam, "lam"}, {&p.mu, "mu"}, {&p.g, "g"}, {&p.sum_in, "sum_in"}, {&p.sum_out, "sum_out"}},
-                       n);
-  check_aux(p.aux, p.aux_kind, n);
-  TORCH_CHECK_VALUE(p.aux.defined() || p.aux_kind == Aux::None, "contres: aux_kind ", name_of(p.aux_kind),
-                    " needs an aux");
-  check_channels(channels, n);
-  if (p.bias.defined()) check_operand(p.bias, "bias", channels);
+  const Operands ops = operands_like(lam);
+  ops.check({{&p.lam, "lam"}, {&p.mu, "mu"}, {&p.g, "g"}, {&p.sum_in, "sum_in"}, {&p.sum_out, "sum_out"}});
+  ops.check_aux(p.aux, p.aux_kind);
+  ops.check_channels(channels);
+  ops.check(p.bias, "bias", channels);
+#ifdef CONTRES_WITH_CUDA
+  if (lam.is_cuda()) return gate_pass_cuda(p);
+#endif
   return gate_pass_cpu(p);
 }
 
@@ -99,10 +107,14 @@ void tv_forward_pass_op(const at::Tensor& z, int64_t channels, c10::string_view 
   p.z = z, p.channels = channels, p.act = parse<Act>(activation);
   p.comb = combination(out, x0, x1, c0, c1, alpha, out_low, out2, y0, beta);
   p.a_out = opt(a_out), p.z_keep = opt(z_keep);
-  check_operand(z, "z", z.numel());
-  check_combination(p.comb, z.numel());
-  check_state_operands({{&p.a_out, "a_out"}, {&p.z_keep, "z_keep"}}, z.numel());
-  check_channels(channels, z.numel());
+  const Operands ops = operands_like(z);
+  ops.check(z, "z", ops.numel);
+  ops.check(p.comb);
+  ops.check({{&p.a_out, "a_out"}, {&p.z_keep, "z_keep"}});
+  ops.check_channels(channels);
+#ifdef CONTRES_WITH_CUDA
+  if (z.is_cuda()) return tv_forward_pass_cuda(p);
+#endif
   tv_forward_pass_cpu(p);
 }
 
@@ -113,9 +125,13 @@ void tv_gate_pass_op(const at::Tensor& lam, const std::optional<at::Tensor>& mu,
   TvGatePass p;
   p.lam = lam, p.mu = opt(mu), p.c_mu = c_mu, p.z = z, p.channels = channels, p.act = parse<Act>(activation);
   p.scale = scale, p.g = g, p.sum_in = opt(sum_in), p.sum_out = opt(sum_out), p.a_out = opt(a_out);
-  check_state_operands({{&p.lam, "lam"}, {&p.mu, "mu"}, {&p.z, "z"}, {&p.g, "g"}, {&p.sum_in, "sum_in"},
-                        {&p.sum_out, "sum_out"}, {&p.a_out, "a_out"}}, lam.numel());
-  check_channels(channels, lam.numel());
+  const Operands ops = operands_like(lam);
+  ops.check({{&p.lam, "lam"}, {&p.mu, "mu"}, {&p.z, "z"}, {&p.g, "g"}, {&p.sum_in, "sum_in"}, {&p.sum_out, "sum_out"},
+             {&p.a_out, "a_out"}});
+  ops.check_channels(channels);
+#ifdef CONTRES_WITH_CUDA
+  if (lam.is_cuda()) return tv_gate_pass_cuda(p);
+#endif
   tv_gate_pass_cpu(p);
 }
 
@@ -144,5 +160,14 @@ TORCH_LIBRARY_IMPL(contres, CPU, m) {
   m.impl("_tv_forward_pass", &tv_forward_pass_op);
   m.impl("_tv_gate_pass", &tv_gate_pass_op);
 }
+
+#ifdef CONTRES_WITH_CUDA
+TORCH_LIBRARY_IMPL(contres, CUDA, m) {  // the CUDA passes: one dtype (S == L)
+  m.impl("_forward_pass", &forward_pass_op);
+  m.impl("_gate_pass", &gate_pass_op);
+  m.impl("_tv_forward_pass", &tv_forward_pass_op);
+  m.impl("_tv_gate_pass", &tv_gate_pass_op);
+}
+#endif
 
 }  // namespace contres
