@@ -34,6 +34,9 @@ class ODEBlock(nn.Module):
     gradient: "discrete" (exact) or "continuous" (Optimize-Discretize, see contres.adjoint).
     norm: "none", or "tv": each pixel's channel vector of conv(u, K) + b is divided by its length,
     z / sqrt(sum_c z^2 + eps) with eps = contres.reference.TV_EPS, before the activation.
+    autocast_state: under torch.autocast, "float32" (default: the state stays float32 and the convolutions run in
+    the autocast dtype, as plain per-op autocast does) or "reduced" (the whole block in the autocast dtype); see
+    contres.functional.ode_block.
 
     Multilevel training: ``smoothness()`` is the time-smoothness regulariser of the controls, ``refine()``
     returns the block on other time grids with the same function of time.
@@ -42,7 +45,8 @@ class ODEBlock(nn.Module):
     def __init__(self, channels: int, n_steps: int = 4, n_controls: int | None = None, T: float = 1.0,
                  layer: str = "single", activation: str = "relu", interp: str = "constant", kernel_size: int = 3,
                  backend: str = "auto", checkpoint=False, device=None, dtype=None, *, gradient: str = "discrete",
-                 norm: str = "none", method: str = "euler", memory: str = "states"):
+                 norm: str = "none", method: str = "euler", memory: str = "states",
+                 autocast_state: str = "float32"):
         super().__init__()
         functional._check_positive_int("channels", channels)
         functional._check_positive_int("n_steps", n_steps)
@@ -59,11 +63,13 @@ class ODEBlock(nn.Module):
         functional._check_choice("backend", backend, functional.BACKENDS)
         functional._check_choice("gradient", gradient, functional.GRADIENTS)
         functional._check_choice("norm", norm, functional.NORMS)
+        functional._check_choice("autocast_state", autocast_state, functional.AUTOCAST_STATES)
         functional.checkpoint_stride(checkpoint, n_steps)
         functional.check_method(method, memory, checkpoint)
         if gradient == "continuous" and method != "euler":
             raise ValueError(f"gradient='continuous' is defined for method='euler' only, got method={method!r}")
         self.gradient, self.norm, self.method, self.memory = gradient, norm, method, memory
+        self.autocast_state = autocast_state
         self.channels, self.n_steps, self.n_controls, self.T = channels, n_steps, n_controls, float(T)
         self.layer, self.activation, self.interp = layer, activation, interp
         self.kernel_size, self.backend, self.checkpoint = kernel_size, backend, checkpoint
@@ -89,7 +95,7 @@ class ODEBlock(nn.Module):
         return functional.ode_block(x, self.weight, self.bias, T=self.T, n_steps=self.n_steps, layer=self.layer,
                                     activation=self.activation, interp=self.interp, backend=self.backend,
                                     checkpoint=self.checkpoint, gradient=self.gradient, norm=self.norm,
-                                    method=self.method, memory=self.memory)
+                                    method=self.method, memory=self.memory, autocast_state=self.autocast_state)
 
     @property
     def control_spacing(self) -> float:
@@ -122,7 +128,7 @@ class ODEBlock(nn.Module):
         new = ODEBlock(self.channels, n_steps, n_controls, self.T, self.layer, self.activation, self.interp,
                        self.kernel_size, self.backend, self.checkpoint, device=self.weight.device,
                        dtype=self.weight.dtype, gradient=self.gradient, norm=self.norm, method=self.method,
-                       memory=self.memory)
+                       memory=self.memory, autocast_state=self.autocast_state)
         R = resample_matrix(self.n_controls, n_controls, self.interp, dtype=self.weight.dtype,
                             device=self.weight.device)
         with torch.no_grad():
@@ -136,6 +142,7 @@ class ODEBlock(nn.Module):
         gradient += "" if self.norm == "none" else f", norm={self.norm!r}"
         gradient += "" if self.method == "euler" else f", method={self.method!r}"
         gradient += "" if self.memory == "states" else f", memory={self.memory!r}"
+        gradient += "" if self.autocast_state == "float32" else f", autocast_state={self.autocast_state!r}"
         return (f"{self.channels}, n_steps={self.n_steps}, n_controls={self.n_controls}, T={self.T}, "
                 f"layer={self.layer!r}, activation={self.activation!r}, interp={self.interp!r}, "
                 f"kernel_size={self.kernel_size}, backend={self.backend!r}, checkpoint={self.checkpoint}"

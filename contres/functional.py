@@ -12,6 +12,7 @@ from .reference import ACTIVATIONS, INTERPS, LAYERS, MEMORIES, METHODS, NORMS
 BACKENDS = ("auto", "fused", "reference")
 GRADIENTS = ("discrete", "continuous")
 INFERENCE_MEMORY = "none"  # the ops' memory mode of a forward no backward follows: it keeps nothing
+AUTOCAST_STATES = ("float32", "reduced")
 _warned_fallback: set = set()
 
 
@@ -146,16 +147,26 @@ def resolve_backend(backend: str, device: torch.device, norm: str = "none") -> s
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")  # a literal: torch.compile traces it on every torch
 
 
-def _autocast_inputs(x, weight, bias):
-    """Under torch.autocast the block runs in the autocast dtype, like the convolutions it is made of
-    (the fused kernels accumulate in float); the casts are differentiable, so the parameter gradients
-    come back in the parameters' dtype."""
+def _autocast_inputs(x, weight, bias, autocast_state: str = "float32"):
+    """(x, weight, bias, conv_dtype): the block's inputs under torch.autocast, and the dtype its convolutions run
+    in when that differs from the state's (None otherwise).
+
+    autocast_state="float32" (the default) gives plain per-op autocast's numerics: on the CPU, with float32 x, the
+    state stays float32 and only the convolutions run in the autocast dtype (conv_dtype; the fused op's mixed
+    precision, the reference under autocast itself). "reduced" runs the whole block in the autocast dtype (x,
+    weight and bias cast; the fused kernels still accumulate in float). CUDA, and x that is not float32, always
+    take "reduced": the CUDA passes take one dtype. The casts are differentiable, so the gradients come back in
+    the inputs' dtypes."""
     if (not isinstance(x, torch.Tensor) or x.device.type not in _AUTOCAST_DEVICES
             or not torch.is_autocast_enabled(x.device.type)):
-        return x, weight, bias
+        return x, weight, bias, None
     dtype = torch.get_autocast_dtype(x.device.type)
+    if autocast_state == "float32" and x.device.type == "cpu" and x.dtype == torch.float32:
+        low = (torch.bfloat16, torch.float16)  # low-precision parameters: interpolated in float32, like x
+        params = [t.float() if isinstance(t, torch.Tensor) and t.dtype in low else t for t in (weight, bias)]
+        return (x, *params, dtype)
     cast = [t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in (x, weight, bias)]
-    return tuple(cast)
+    return (*cast, None)
 
 
 def needs_grad(*tensors) -> bool:
@@ -167,7 +178,7 @@ def needs_grad(*tensors) -> bool:
 def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: float = 1.0, n_steps: int,
               layer: str = "single", activation: str = "relu", interp: str = "constant", backend: str = "auto",
               checkpoint=False, gradient: str = "discrete", norm: str = "none", method: str = "euler",
-              memory: str = "states") -> torch.Tensor:
+              memory: str = "states", autocast_state: str = "float32") -> torch.Tensor:
     """n_steps steps of the method for du/dt = f(u, theta(t)) on [0, T] (docs/math.md).
 
     x: (B, C, H, W); weight: controls (n_controls, C, C, k, k); bias: (n_controls, C).
@@ -193,8 +204,16 @@ def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: f
     the backend, and ignoring checkpoint).
     norm: 'none', or 'tv': each pixel's channel vector of z = conv(u) + b is divided by its length,
     z / sqrt(sum_c z^2 + reference.TV_EPS), before the activation.
+    autocast_state: what torch.autocast does to the block. 'float32' (default): what it does to the convolutions
+    and adds the block is made of, per op -- on the CPU, with float32 x, the state u stays float32 and the output
+    is float32, the convolutions run in the autocast dtype (bf16 or fp16) with float accumulation, and the
+    backward keeps their low-precision inputs (the fused op's mixed precision). 'reduced': the whole block in the
+    autocast dtype (x, weight, bias cast; the output in that dtype), about 2x the error of 'float32' (README,
+    "Mixed precision"). CUDA takes 'reduced' either way (its fused passes take one dtype). Ignored without
+    autocast.
     """
-    x, weight, bias = _autocast_inputs(x, weight, bias)
+    _check_choice("autocast_state", autocast_state, AUTOCAST_STATES)
+    x, weight, bias, conv_dtype = _autocast_inputs(x, weight, bias, autocast_state)
     validate(x, weight, bias, T=T, n_steps=n_steps, layer=layer, activation=activation, interp=interp,
              backend=backend, norm=norm, method=method, memory=memory, checkpoint=checkpoint)
     _check_choice("gradient", gradient, GRADIENTS)
@@ -216,4 +235,4 @@ def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: f
     if not differentiable:
         memory, stride = INFERENCE_MEMORY, 0
     return ops.ode_forward(x, weight, bias, float(T) / n_steps, layer, activation, stride, norm, method, memory, interp,
-                           n_steps)[0]
+                           n_steps, conv_dtype)[0]

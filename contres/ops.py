@@ -1,21 +1,27 @@
 """Typed wrappers of the compiled ops and their autograd.
 
 torch.ops.contres.ode_forward(x, weight, bias, h, layer, activation, checkpoint, norm="none", method="euler",
-    memory="states", interp="none", n_steps=0) -> (u_N, states, aux)
+    memory="states", interp="none", n_steps=0, conv_dtype=None) -> (u_N, states, aux)
 torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint,
-    norm="none", method="euler", memory="states", interp="none", n_steps=0) -> (grad_x, grad_weight, grad_bias, drift)
+    norm="none", method="euler", memory="states", interp="none", n_steps=0, conv_dtype=None)
+    -> (grad_x, grad_weight, grad_bias, drift)
 
 With interp="none", weight (rows, C, C, k, k) and bias (rows, C) are the kernels at the method's stage times
 (already interpolated: rows = N, or 2N + 1 for rk4, see reference.stage_times). With interp="constant" or
 "linear" they are the controls (M, C, C, k, k) and (M, C), which the op interpolates itself at the stage times of
 n_steps steps (reference.interpolation_matrix's rule), so that nothing per stage time is kept for the backward,
-which returns the controls' gradients. h = T / N. What the forward keeps for the backward (`states`, `aux`) is
-defined once, in the extension (csrc/config.h and csrc/saved.h, explained in docs/math.md); the backward checks
-that it is handed exactly that, and the extension's Meta kernels give torch.compile and torch.export the same
-shapes. memory="none" keeps nothing (a forward no backward follows). `drift` is max |u_0 recomputed - x| / max |x|
-of a memory="reversible" backward (0 otherwise).
+which returns the controls' gradients. h = T / N; weight and bias have x's dtype. conv_dtype (CPU, float32 x):
+torch.bfloat16 or torch.float16 for mixed precision, what torch.autocast does per op -- the state, the output and
+every gradient stay float32, the weights are cast once per call and the convolutions run in conv_dtype with float
+accumulation. What the forward keeps for the backward (`states`, `aux`) is defined once, in the extension
+(csrc/config.h and csrc/saved.h, explained in docs/math.md); the backward checks that it is handed exactly that,
+and the extension's Meta kernels give torch.compile and torch.export the same shapes. memory="none" keeps nothing
+(a forward no backward follows). `drift` is max |u_0 recomputed - x| / max |x| of a memory="reversible" backward
+(0 otherwise).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -25,16 +31,17 @@ _LAST_DRIFT: list = [None]
 
 
 def ode_forward(x, weight, bias, h: float, layer: str, activation: str, checkpoint: int, norm: str = "none",
-                method: str = "euler", memory: str = "states", interp: str = "none", n_steps: int = 0):
+                method: str = "euler", memory: str = "states", interp: str = "none", n_steps: int = 0,
+                conv_dtype=None):
     return torch.ops.contres.ode_forward(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory,
-                                         interp, n_steps)
+                                         interp, n_steps, conv_dtype)
 
 
 def ode_backward(grad_out, x, weight, bias, states, aux, h: float, layer: str, activation: str, checkpoint: int,
                  norm: str = "none", method: str = "euler", memory: str = "states", interp: str = "none",
-                 n_steps: int = 0):
+                 n_steps: int = 0, conv_dtype=None):
     return torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint,
-                                          norm, method, memory, interp, n_steps)
+                                          norm, method, memory, interp, n_steps, conv_dtype)
 
 
 def last_paths() -> dict:
@@ -75,13 +82,15 @@ def last_reversible_drift():
 
 
 def _differentiable_backward(grad_out, x, weight, bias, h, layer, activation, _checkpoint, norm, method, _memory,
-                             interp, n_steps):
+                             interp, n_steps, conv_dtype):
     """The adjoint as an autograd graph, for higher-order gradients (gradient penalties, Hessian-vector
     products): the compiled adjoint is not differentiable itself, so the block is recomputed with the reference
     and differentiated with create_graph=True, exact at the reference's speed and memory. None for the inputs
     that do not require grad."""
     needs = [t.requires_grad for t in (x, weight, bias)]
-    with torch.enable_grad():
+    # mixed precision: the reference under autocast to conv_dtype has the same numerics per op
+    mixed = contextlib.nullcontext() if conv_dtype in (None, x.dtype) else torch.autocast(x.device.type, conv_dtype)
+    with torch.enable_grad(), mixed:
         leaves = [t if t.requires_grad else t.detach().requires_grad_() for t in (x, weight, bias)]
         K, b = leaves[1:]
         if interp != "none":
@@ -96,7 +105,8 @@ def _register():
         x, weight, bias, *config = inputs
         _, states, aux = output
         ctx.save_for_backward(x, weight, bias, states, aux)
-        ctx.config = tuple(config)  # h, layer, activation, checkpoint, norm, method, memory, interp, n_steps
+        # h, layer, activation, checkpoint, norm, method, memory, interp, n_steps, conv_dtype
+        ctx.config = tuple(config)
         ctx.reversible = config[6] == "reversible"
         ctx.mark_non_differentiable(states, aux)
         ctx.set_materialize_grads(False)  # else autograd fills zero "gradients" of the saved states per backward

@@ -27,12 +27,13 @@
 TORCH_LIBRARY(contres, m) {
   m.def(
       "ode_forward(Tensor x, Tensor weight, Tensor bias, float h, str layer, str activation, int checkpoint,"
-      " str norm=\"none\", str method=\"euler\", str memory=\"states\", str interp=\"none\", int n_steps=0)"
+      " str norm=\"none\", str method=\"euler\", str memory=\"states\", str interp=\"none\", int n_steps=0,"
+      " ScalarType? conv_dtype=None)"
       " -> (Tensor, Tensor, Tensor)");
   m.def(
       "ode_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor bias, Tensor states, Tensor aux, float h,"
       " str layer, str activation, int checkpoint, str norm=\"none\", str method=\"euler\", str memory=\"states\","
-      " str interp=\"none\", int n_steps=0) -> (Tensor, Tensor, Tensor, Tensor)");
+      " str interp=\"none\", int n_steps=0, ScalarType? conv_dtype=None) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(contres, CPU, m) {

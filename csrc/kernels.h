@@ -4,6 +4,13 @@
 // Every state-like operand of a pass is a dense tensor, all of one memory layout (the driver hands them its
 // channels_last data): the passes index memory linearly, element i of each operand being element i of the others.
 // A Mask aux is bit-packed in that order: bit t of byte j is element 8j + t.
+//
+// Precision: each operand is of the state dtype S or of the convolution dtype L, as each struct below says. S and
+// L are one dtype (double, float, bf16 or fp16), or S = float with L = bf16 or fp16: mixed precision, where the
+// running state and the adjoint stay float and only what a convolution reads or wrote is in the low dtype (what
+// torch.autocast does per op). A pass takes L from its convolution operand (z, or the gate's g) and S from its
+// first defined state operand (L when it has none), computes in float for the reduced types (double for double)
+// and rounds once per stored element. Mixed precision is a CPU feature: the CUDA passes take S == L.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -14,19 +21,30 @@ namespace contres {
 
 // What a forward pass writes of its f, as the linear combinations the methods make of it:
 //   out  = c0 * x0 + c1 * x1 + alpha * f    when out is defined (x1 may be undefined)
+//   out_low = the same value in L           when out_low is defined (mixed precision only; out may be undefined):
+//                                           the next evaluation's input, written by the pass that makes the state
 //   out2 = y0 + beta * f                    when out2 is defined
-// out may alias x0 or x1, and out2 y0: every element is read before it is written.
+// out, x0, x1, out2 and y0 are of the state dtype S. out may alias x0 or x1, and out2 y0: every element is read
+// before it is written.
 struct Combination {
   at::Tensor out, x0, x1;
   double c0 = 1, c1 = 0, alpha = 0;
+  at::Tensor out_low;
   at::Tensor out2, y0;
   double beta = 0;
-  bool any() const { return out.defined() || out2.defined(); }
+  bool any() const { return out.defined() || out_low.defined() || out2.defined(); }
+  // S: the dtype of the first defined state operand, else `otherwise` (L).
+  at::ScalarType state_dtype(at::ScalarType otherwise) const {
+    for (const at::Tensor* t : {&out, &x0, &out2, &y0})
+      if (t->defined()) return t->scalar_type();
+    return otherwise;
+  }
 };
 
 // One evaluation of the single layer's f = act(z), or of the identity (f = z) for double_sym's update and the
 // methods' linear combinations: writes `comb`, and aux = what the backward needs of z when aux is defined (Mask,
-// the sign bits of z; Value, f). (act, aux_kind) must be forward_pass_reachable (config.h).
+// the sign bits of z; Value, f). (act, aux_kind) must be forward_pass_reachable (config.h). z and a Value aux are
+// of the convolution dtype L.
 struct ForwardPass {
   at::Tensor z;
   Act act = Act::Identity;
@@ -40,8 +58,10 @@ struct ForwardPass {
 //   g = scale * act'(z) * v                  act' from aux (kind aux_kind; None: 1)
 //   sum_out = sum_in + mu                    when sum_out is defined (sum_in undefined: lam)
 //   bias = sum over (B, H, W) of g           when bias is defined and the device reduces it in the pass (CPU:
-//                                            always; CUDA: C % 8 == 0 and aligned data), in a fixed order
-// (act, aux_kind) must be gate_pass_reachable. g may alias lam; sum_out may alias mu or sum_in.
+//                                            always, from g before it is rounded; CUDA: C % 8 == 0 and aligned
+//                                            data), in a fixed order
+// (act, aux_kind) must be gate_pass_reachable. g may alias lam; sum_out may alias mu or sum_in. lam, sum_in and
+// sum_out are of the state dtype S; mu, g (what the convolutions read and wrote) and a Value aux of L.
 struct GatePass {
   at::Tensor lam, mu;
   double c_mu = 1;
@@ -50,12 +70,13 @@ struct GatePass {
   Aux aux_kind = Aux::None;
   double scale = 1;
   at::Tensor g, sum_in, sum_out;
-  at::Tensor bias;       // (C) of the state dtype
+  at::Tensor bias;       // (C), any floating dtype (the CPU accumulates in float or double and rounds once)
   int64_t channels = 0;  // C: the data are channels_last, so element i has channel i % C
 };
 
 // Norm "tv", per pixel over its C channels (contiguous in channels_last): n = z / r, r = sqrt(sum_c z^2 + kTvEps),
-// a = act(n). Forward: comb with f = a; a_out = a (may alias z); z_keep = z (the Pre aux).
+// a = act(n). Forward: comb with f = a; a_out = a (may alias z); z_keep = z (the Pre aux). z, a_out and z_keep
+// are of the convolution dtype L.
 struct TvForwardPass {
   at::Tensor z;
   int64_t channels = 0;
@@ -64,7 +85,8 @@ struct TvForwardPass {
   at::Tensor a_out, z_keep;
 };
 // Adjoint: v = lam + c_mu * mu, w = scale * act'(n) * v, g = dL/dz = (w - n (n . w)) / r; sum_out = sum_in + mu
-// as GatePass; a_out = act(n) when defined. z is the kept pre-activation. g may alias lam.
+// as GatePass; a_out = act(n) when defined. z is the kept pre-activation. g may alias lam. lam and the sums are of
+// the state dtype S; mu, z, g and a_out of L.
 struct TvGatePass {
   at::Tensor lam, mu;
   double c_mu = 1;

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <optional>
 #include <tuple>
 
 namespace contres {
@@ -16,14 +17,15 @@ namespace contres {
 // interp = "constant" or "linear": weight (M, C, C, k, k) and bias (M, C) are the controls instead, interpolated
 // inside the op at the stage times of n_steps steps (docs/math.md section 1), and the backward returns their
 // gradients; "none" (n_steps = 0, or the count the rows give) takes the kernels as they are.
-// Every state-sized tensor inside is channels_last; u_N and dL/dx keep x's own layout.
+// Every state-sized tensor inside is channels_last; u_N and dL/dx keep x's own layout. conv_dtype (CPU, x float32):
+// bfloat16 or float16 for mixed precision -- the state, u_N, dL/dx and the weight gradients stay float32, the
+// weights are cast once per call and the convolutions run in conv_dtype (what torch.autocast does per op), and
+// full storage keeps the convolution inputs in it (saved.h).
 // Returns (u_N, saved states, saved aux); u_0 is x itself and is not copied.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(const at::Tensor& x, const at::Tensor& weight,
-                                                           const at::Tensor& bias, double h, c10::string_view layer,
-                                                           c10::string_view activation, int64_t checkpoint,
-                                                           c10::string_view norm, c10::string_view method,
-                                                           c10::string_view memory, c10::string_view interp,
-                                                           int64_t n_steps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h, c10::string_view layer,
+    c10::string_view activation, int64_t checkpoint, c10::string_view norm, c10::string_view method,
+    c10::string_view memory, c10::string_view interp, int64_t n_steps, std::optional<at::ScalarType> conv_dtype);
 
 // Returns (dL/dx, dL/dweight, dL/dbias, drift): the gradients for weight and bias as given (the kernels at the
 // stage times, or the controls), and, for
@@ -32,19 +34,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
     int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory,
-    c10::string_view interp, int64_t n_steps);
+    c10::string_view interp, int64_t n_steps, std::optional<at::ScalarType> conv_dtype);
 
 // The same checks and output metadata on meta tensors (symbolic sizes under torch.compile / torch.export).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward_meta(const at::Tensor& x, const at::Tensor& weight,
-                                                                const at::Tensor& bias, double h,
-                                                                c10::string_view layer, c10::string_view activation,
-                                                                int64_t checkpoint, c10::string_view norm,
-                                                                c10::string_view method, c10::string_view memory,
-                                                                c10::string_view interp, int64_t n_steps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward_meta(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h, c10::string_view layer,
+    c10::string_view activation, int64_t checkpoint, c10::string_view norm, c10::string_view method,
+    c10::string_view memory, c10::string_view interp, int64_t n_steps, std::optional<at::ScalarType> conv_dtype);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward_meta(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
     int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory,
-    c10::string_view interp, int64_t n_steps);
+    c10::string_view interp, int64_t n_steps, std::optional<at::ScalarType> conv_dtype);
 
 }  // namespace contres

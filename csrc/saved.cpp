@@ -51,12 +51,17 @@ TensorSpec state_stack_spec(int64_t n, const Dims& d, at::ScalarType dtype) {
   return {{n, d.B, d.C, d.H, d.W}, {batch, image, 1, row, pixel}, dtype};
 }
 
-TensorSpec states_spec(const Config& cfg, const Dims& d, at::ScalarType dtype) {
-  return state_stack_spec(saved_counts(cfg, d.n_steps).states, d, dtype);
+at::ScalarType states_dtype(const Config& cfg, Dtypes dtypes) {
+  const bool full = cfg.checkpoint == 0 && cfg.memory == Memory::States;
+  return full ? dtypes.conv : dtypes.state;
 }
 
-TensorSpec aux_spec(const Config& cfg, const Dims& d, at::ScalarType dtype) {
-  return aux_stack_spec(cfg.aux(), saved_counts(cfg, d.n_steps).aux, d, dtype);
+TensorSpec states_spec(const Config& cfg, const Dims& d, Dtypes dtypes) {
+  return state_stack_spec(saved_counts(cfg, d.n_steps).states, d, states_dtype(cfg, dtypes));
+}
+
+TensorSpec aux_spec(const Config& cfg, const Dims& d, Dtypes dtypes) {
+  return aux_stack_spec(cfg.aux(), saved_counts(cfg, d.n_steps).aux, d, dtypes.conv);
 }
 
 TensorSpec aux_stack_spec(Aux kind, int64_t n, const Dims& d, at::ScalarType dtype) {

@@ -22,6 +22,14 @@ struct Dims {
   int64_t n_steps = 0;     // N (always concrete: the weight's rows give it)
 };
 
+// The dtypes of one call: the state's (x's) and the convolutions' (weight's). They differ in mixed precision
+// (CPU: float32 states with bf16 or fp16 weights, what torch.autocast does per op): the running state and the
+// adjoint stay float32, the convolutions read and write the low dtype.
+struct Dtypes {
+  at::ScalarType state = at::kFloat, conv = at::kFloat;
+  bool mixed() const { return state != conv; }
+};
+
 // How many state-shaped slots and aux entries a configuration keeps.
 struct SavedCounts {
   int64_t states = 0;  // entries of the (n, B, C, H, W) channels_last stack
@@ -35,14 +43,18 @@ struct TensorSpec {
   at::ScalarType dtype;
 };
 
-// states: (n, B, C, H, W) in channels_last (a (n, B, H, W, C) block, permuted), the state dtype.
+// states: (n, B, C, H, W) in channels_last (a (n, B, H, W, C) block, permuted). Full storage keeps what the
+//         backward's convolutions read, in the convolution dtype; checkpoints and memory="reversible" keep the
+//         running states the backward restarts from, in the state dtype (the same unless mixed).
 // aux:    Mask:  (n_aux, ceil(B*H*W*C / 8)) uint8 -- per row, the signs of one evaluation's z, bit t of byte j
 //                being element 8j + t of z in channels_last memory order;
-//         Value: (n_aux, B, C, H, W) channels_last like the states;
-//         Pre:   (n_aux, B, H, W, C) contiguous -- z per pixel, the channel vectors "tv" normalises;
-//         None:  (0,) of the state dtype.
-TensorSpec states_spec(const Config& cfg, const Dims& d, at::ScalarType dtype);
-TensorSpec aux_spec(const Config& cfg, const Dims& d, at::ScalarType dtype);
+//         Value: (n_aux, B, C, H, W) channels_last like the states, the convolution dtype;
+//         Pre:   (n_aux, B, H, W, C) contiguous -- z per pixel, the channel vectors "tv" normalises, the
+//                convolution dtype;
+//         None:  (0,) of the convolution dtype.
+TensorSpec states_spec(const Config& cfg, const Dims& d, Dtypes dtypes);
+TensorSpec aux_spec(const Config& cfg, const Dims& d, Dtypes dtypes);
+at::ScalarType states_dtype(const Config& cfg, Dtypes dtypes);
 // n entries of those layouts, for the backward's own scratch (replayed segments).
 TensorSpec state_stack_spec(int64_t n, const Dims& d, at::ScalarType dtype);
 TensorSpec aux_stack_spec(Aux kind, int64_t n, const Dims& d, at::ScalarType dtype);

@@ -14,7 +14,8 @@ from contres.bench import memory
 TINY = ["--device", "cpu", "--batch", "2", "--channels", "4", "--size", "8", "--steps", "2", "--repeats", "1",
         "--warmup", "0", "--no-progress"]
 ROW_KEYS = {"device", "case", "layer", "activation", "batch", "channels", "size", "steps", "controls", "interp",
-            "integrator", "dtype", "autocast", "malloc", "method", "path", "note"} | set(bench.ROW_NUMBERS)
+            "integrator", "dtype", "autocast", "mkldnn_fp32_precision", "malloc", "method", "path", "note"} | \
+    set(bench.ROW_NUMBERS)
 MEASURED = ("fwd_ms", "fwd_bwd_ms", "speedup_fwd", "speedup_fwd_bwd", "act_mem_bytes", "mem_ratio",
             "max_diff_out", "max_diff_grad_w")
 needs_cpu_kernels = pytest.mark.skipif(not _ext.has_kernels("cpu"), reason="no fused CPU kernels in this build")
@@ -33,8 +34,10 @@ def test_cli_writes_json(tmp_path, capsys):
 
     data = json.loads(path.read_text())
     env = data["environment"]
-    for key in ("date", "torch_version", "devices", "build_info", "commit", "contres_version", "malloc"):
+    for key in ("date", "torch_version", "devices", "build_info", "commit", "contres_version", "malloc", "cpu"):
         assert key in env
+    assert isinstance(env["cpu"]["native_bf16"], bool) and env["cpu"]["model"]
+    assert ("native bf16" in env["devices"]["cpu"]) and ("native bf16" in printed)  # the CPU's bf16 support
     if _ext.available():
         assert set(env["cpu_pool"]["end"]) >= {"cached_bytes", "limit_bytes", "hits", "misses", "evictions"}
     rows = data["rows"]
@@ -95,19 +98,50 @@ def test_missing_torchdiffeq_is_left_out(monkeypatch, capsys):
 
 def test_autocast_baselines():
     """Under --autocast, eager is the reference under plain torch.autocast (per-op casts: the state stays float32),
-    eager_blockcast casts the whole block as the fused op does; both rows exist, ratios are against the first."""
-    rows = bench.main(TINY + ["--layer", "single", "--autocast", "bf16", "--methods", "fused,eager,eager_blockcast"])
+    and so is fused; eager_blockcast and fused_reduced cast the whole block; ratios are against eager."""
+    methods = "fused,fused_reduced,eager,eager_blockcast"
+    rows = bench.main(TINY + ["--layer", "single", "--autocast", "bf16", "--methods", methods])
     by = {r["method"]: r for r in rows}
-    assert set(by) == {"fused", "eager", "eager_blockcast"} and "autocast-bf16" in by["eager"]["case"]
+    assert set(by) == set(methods.split(",")) and "autocast-bf16" in by["eager"]["case"]
     for r in by.values():
-        if r["method"] != "fused" or _ext.has_kernels("cpu"):
+        if not r["method"].startswith("fused") or _ext.has_kernels("cpu"):
             _finite(r)
     assert by["eager"]["speedup_fwd"] == 1.0 and by["eager_blockcast"]["max_diff_out"] > 0
     case = bench.Case("cpu", "single", "relu", 2, 4, 8, 2, autocast="bfloat16")
     inputs = bench.make_inputs(case)
-    dtypes = {m: bench.forward_runner(bench.build_method(m, case), inputs, case)().dtype
-              for m in ("eager", "eager_blockcast")}
-    assert dtypes == {"eager": torch.float32, "eager_blockcast": torch.bfloat16}
+    names = ("eager", "eager_blockcast") + (("fused", "fused_reduced") if _ext.has_kernels("cpu") else ())
+    dtypes = {m: bench.forward_runner(bench.build_method(m, case), inputs, case)().dtype for m in names}
+    assert dtypes == {m: torch.bfloat16 if m in ("eager_blockcast", "fused_reduced") else torch.float32
+                      for m in names}
+
+
+def test_default_cpu_cases_add_bf16_where_native():
+    """The default CPU run adds both layers under bf16 autocast and with mkldnn's bf16 fp32 precision on a CPU
+    with native bf16, and neither elsewhere."""
+    args = bench.parse_args([])
+    plain = bench.make_cases("cpu", args, native_bf16=False)
+    assert [c.name for c in plain] == ["single/relu B32 C32 32x32 N8 f32", "double_sym/tanh B32 C32 32x32 N8 f32"]
+    extra = [c.name for c in bench.make_cases("cpu", args, native_bf16=True)[2:]]
+    assert extra == ["single/relu B32 C32 32x32 N8 f32 autocast-bf16", "double_sym/tanh B32 C32 32x32 N8 f32 "
+                     "autocast-bf16", "single/relu B32 C32 32x32 N8 f32 mkldnn-bf16",
+                     "double_sym/tanh B32 C32 32x32 N8 f32 mkldnn-bf16"]
+
+
+def test_mkldnn_fp32_precision_case():
+    """--mkldnn-fp32-precision bf16: the case runs forward and backward under the setting (named in the case and
+    the row) and restores it afterwards."""
+    before = torch.backends.mkldnn.conv.fp32_precision
+    seen = []
+    case = bench.Case("cpu", "single", "relu", 2, 4, 8, 2, mkldnn_fp32_precision="bf16")
+    inputs = bench.make_inputs(case)
+    run = bench.fwd_bwd_runner(lambda *t: seen.append(torch.backends.mkldnn.conv.fp32_precision) or
+                               bench.build_method("eager", case)(*t), inputs, case)
+    run()
+    assert seen == ["bf16"] and torch.backends.mkldnn.conv.fp32_precision == before
+    rows = bench.main(TINY + ["--layer", "single", "--methods", "eager", "--mkldnn-fp32-precision", "bf16"])
+    assert rows[0]["case"].endswith("mkldnn-bf16") and rows[0]["mkldnn_fp32_precision"] == "bf16"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--autocast", "bf16", "--mkldnn-fp32-precision", "bf16"])
 
 
 def test_malloc_settings():

@@ -149,19 +149,22 @@ def test_bfloat16_cpu(case):
         assert err_fused <= 2 * err_eager + 1e-2, f"bf16 {name}: fused {err_fused:.3e} vs eager {err_eager:.3e}"
 
 
+@pytest.mark.parametrize("autocast_state,out_dtype", [("float32", torch.float32), ("reduced", torch.bfloat16)])
 @pytest.mark.parametrize("layer,activation,norm", [("single", "relu", "none"), ("double_sym", "tanh", "none"),
                                                    ("single", "sigmoid", "tv")])
-def test_cpu_autocast_bfloat16(layer, activation, norm):
-    """Under torch.autocast("cpu", bfloat16) the fused block runs in bf16 (float accumulation inside), like the
-    convolutions it replaces; the gradients come back in the float32 parameters' dtype."""
+def test_cpu_autocast_bfloat16(layer, activation, norm, autocast_state, out_dtype):
+    """Under torch.autocast("cpu", bfloat16) the fused block keeps a float32 state and runs its convolutions in
+    bf16, as plain per-op autocast does (autocast_state="float32", the default), or runs wholly in bf16 ("reduced"),
+    float accumulation inside either way; the gradients come back in the float32 parameters' dtype.
+    test_mixed_precision.py compares the errors with plain autocast's."""
     x, w, b = make_inputs(2, 8, 6, 6, 3, 3, dtype=torch.float32, seed=8, scale=0.6)
     kw = dict(T=1.0, n_steps=4, layer=layer, activation=activation, interp="linear", norm=norm)
     gy = random_like(x, seed=9)
     y_ref, g_ref = run_block(x, w, b, gy, backend="reference", **kw)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = contres.functional.ode_block(x, w, b, backend="fused", **kw)
-    assert y.dtype == torch.bfloat16
-    grads = torch.autograd.grad(y, (x, w, b), gy.to(torch.bfloat16))
+        y = contres.functional.ode_block(x, w, b, backend="fused", autocast_state=autocast_state, **kw)
+    assert y.dtype == out_dtype
+    grads = torch.autograd.grad(y, (x, w, b), gy.to(out_dtype))
     assert [g.dtype for g in grads] == [torch.float32] * 3
     assert_close_rel(y, y_ref, tol_for(torch.bfloat16), "autocast output")
     for name, a, r in zip(("grad x", "grad weight", "grad bias"), grads, g_ref):

@@ -40,6 +40,9 @@ class Case:
     channels_last: bool = False  # x and the upstream gradient in channels_last (every method sees the same)
     integrator: str = "euler"  # reference.METHODS: the block's `method=`
     interp: str = "constant"
+    # torch.backends.mkldnn.conv.fp32_precision during every call, forward and backward ("bf16": float32
+    # convolutions with bf16 math where the CPU has native bf16, the CPU's TF32); None leaves the setting alone
+    mkldnn_fp32_precision: Optional[str] = None
 
     @property
     def n_controls(self) -> int:
@@ -59,6 +62,8 @@ class Case:
         parts.append(SHORT_DTYPE[self.dtype])
         if self.autocast:
             parts.append(f"autocast-{SHORT_DTYPE[self.autocast]}")
+        if self.mkldnn_fp32_precision:
+            parts.append(f"mkldnn-{self.mkldnn_fp32_precision}")
         if self.channels_last:
             parts.append("CL")
         return " ".join(parts)
@@ -78,6 +83,20 @@ class Case:
         if self.autocast is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device, dtype=AUTOCAST[self.autocast])
+
+    @contextlib.contextmanager
+    def precision_context(self):
+        """The case's mkldnn fp32 precision setting, for a forward and its backward (restored after)."""
+        if self.mkldnn_fp32_precision is None:
+            yield
+            return
+        conv = torch.backends.mkldnn.conv
+        saved = conv.fp32_precision
+        conv.fp32_precision = self.mkldnn_fp32_precision
+        try:
+            yield
+        finally:
+            conv.fp32_precision = saved
 
 
 @dataclasses.dataclass
@@ -117,9 +136,11 @@ def integrators(choice: Optional[str]) -> tuple:
     return reference.METHODS if choice == "all" else (choice or "euler",)
 
 
-def make_cases(device: str, args) -> list:
+def make_cases(device: str, args, native_bf16: Optional[bool] = None) -> list:
     """The cases of one device: the default shapes (README, --help) unless shapes or --quick are given, for each
-    layer and integrator asked for; the default CUDA run adds single/relu on the large shape under bf16 autocast."""
+    layer and integrator asked for; the default CUDA run adds single/relu on the large shape under bf16 autocast,
+    the default CPU run on a CPU with native bf16 (native_bf16; None: this CPU's, see environment.cpu_info) adds
+    each layer under bf16 autocast and in float32 with mkldnn's bf16 fp32 precision."""
     custom_shape = any(v is not None for v in (args.batch, args.channels, args.size))
     if custom_shape or args.quick:
         b0, c0, s0 = QUICK_SHAPE if args.quick else DEFAULT_SHAPES["cpu"][0]
@@ -128,18 +149,28 @@ def make_cases(device: str, args) -> list:
         shapes = DEFAULT_SHAPES[device]
     layers = reference.LAYERS if args.layer in (None, "all") else (args.layer,)
     steps = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS)
+    precision = getattr(args, "mkldnn_fp32_precision", None)
     common = dict(controls=args.controls, dtype=args.dtype, norm=args.norm, channels_last=args.channels_last,
                   interp=args.interp)
     is_default = not custom_shape and not args.quick and args.layer is None and args.activation is None \
         and args.steps is None and args.controls is None and args.dtype == "float32" and args.autocast is None \
-        and args.norm == "none" and not args.channels_last and args.interp == "constant"
+        and args.norm == "none" and not args.channels_last and args.interp == "constant" and precision is None
+    if device == "cpu" and is_default and native_bf16 is None:
+        from .environment import cpu_info
+
+        native_bf16 = cpu_info()["native_bf16"]
     cases = []
     for integrator in integrators(args.method):
         cases += [Case(device, layer, args.activation or DEFAULT_ACTIVATION[layer], b, c, s, steps,
-                       autocast=args.autocast, integrator=integrator, **common)
+                       autocast=args.autocast, integrator=integrator, mkldnn_fp32_precision=precision, **common)
                   for (b, c, s) in shapes for layer in layers]
         if device == "cuda" and is_default:
             b, c, s = DEFAULT_SHAPES["cuda"][0]
             cases.append(Case(device, "single", "relu", b, c, s, DEFAULT_STEPS, autocast="bfloat16",
                               integrator=integrator))
+        if device == "cpu" and is_default and native_bf16:
+            b, c, s = DEFAULT_SHAPES["cpu"][0]
+            for extra in (dict(autocast="bfloat16"), dict(mkldnn_fp32_precision="bf16")):
+                cases += [Case(device, layer, DEFAULT_ACTIVATION[layer], b, c, s, DEFAULT_STEPS,
+                               integrator=integrator, **extra) for layer in reference.LAYERS]
     return cases

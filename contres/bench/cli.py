@@ -20,8 +20,9 @@ def parse_args(argv=None):
         prog="python -m contres.bench", description="Benchmark of the fused ODE block against plain PyTorch.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"Default cases (N={DEFAULT_STEPS}, float32, single/relu and double_sym/tanh): cpu B,C,H = "
-               f"{DEFAULT_SHAPES['cpu'][0]};\ncuda {DEFAULT_SHAPES['cuda']}, plus single/relu on the first under "
-               f"bf16 autocast.\n\nMethods:\n{methods.__doc__.split(chr(10), 2)[2]}")
+               f"{DEFAULT_SHAPES['cpu'][0]}, plus both layers under bf16 autocast and with mkldnn's bf16 fp32 "
+               f"precision on CPUs with native bf16 (avx512_bf16 or AMX);\ncuda {DEFAULT_SHAPES['cuda']}, plus "
+               f"single/relu on the first under bf16 autocast.\n\nMethods:\n{methods.__doc__.split(chr(10), 2)[2]}")
     p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
                    help="all (default): cpu, and cuda when available with fused CUDA kernels")
     p.add_argument("--method", choices=reference.METHODS + ("all",), default="euler",
@@ -43,7 +44,12 @@ def parse_args(argv=None):
                    help="'tv': normalise each pixel's channels inside the blocks (see ODEBlock; default: none)")
     p.add_argument("--autocast", choices=tuple(AUTOCAST),
                    help="run every method under torch.autocast (float32 inputs): eager and compiled cast per op, "
-                        "*_blockcast rows cast the whole block as the fused op does")
+                        "fused keeps the float32 state as they do (CPU; CUDA casts the whole block); the "
+                        "*_blockcast rows and fused_reduced run the whole block in the autocast dtype")
+    p.add_argument("--mkldnn-fp32-precision", choices=("bf16", "tf32"),
+                   help="torch.backends.mkldnn.conv.fp32_precision for every method (CPU, float32): float32 "
+                        "convolutions with bf16 (or tf32) math where the CPU has it natively (the default CPU run "
+                        "adds 'bf16' on such CPUs); ignored by oneDNN on CPUs without it")
     p.add_argument("--malloc", choices=tuple(malloc.SETTINGS) + ("both",),
                    help="glibc allocator setting of the CPU cases (default: this process's environment); "
                         "'no-page-faults' runs them in a child process with MALLOC_MMAP_THRESHOLD_ and "
@@ -70,6 +76,8 @@ def parse_args(argv=None):
         args.autocast = {"bf16": "bfloat16", "fp16": "float16"}.get(args.autocast, args.autocast)
         if args.dtype != "float32":
             p.error("--autocast needs --dtype float32 inputs")
+    if args.mkldnn_fp32_precision is not None and (args.dtype != "float32" or args.autocast is not None):
+        p.error("--mkldnn-fp32-precision applies to float32 convolutions: --dtype float32 without --autocast")
     if args.quick:
         explicit = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
         if "--repeats" not in explicit:

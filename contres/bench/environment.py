@@ -27,15 +27,56 @@ def select_devices(choice: Optional[str]) -> list:
     return [choice]
 
 
+def _cpu_flag(name: str, flags: set) -> bool:
+    """Whether the CPU has an ISA extension: torch's own check where it has one, else /proc/cpuinfo's flags."""
+    check = getattr(torch.cpu, f"_is_{name}_supported", None)
+    if check is not None:
+        try:
+            return bool(check())
+        except RuntimeError:
+            pass
+    return name in flags
+
+
+def cpu_info() -> dict:
+    """The CPU's model, the vector extensions that matter for contres (AVX2, AVX-512, AVX512-BF16, AMX), and
+    native_bf16: whether bf16 convolutions run on bf16 hardware (avx512_bf16 or AMX) rather than in emulation,
+    i.e. whether bf16 autocast can be faster than float32 here."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                if flags and model:
+                    break
+    except OSError:
+        pass
+    info = {"model": model, "avx2": _cpu_flag("avx2", flags), "avx512": _cpu_flag("avx512", flags) or
+            "avx512f" in flags, "avx512_bf16": _cpu_flag("avx512_bf16", flags),
+            "amx": _cpu_flag("amx_tile", flags) or "amx_bf16" in flags,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    info["native_bf16"] = info["avx512_bf16"] or info["amx"]
+    return info
+
+
+def bf16_support(info: dict) -> str:
+    """One phrase: which bf16 hardware the CPU has."""
+    if info["amx"]:
+        return "AMX, native bf16"
+    if info["avx512_bf16"]:
+        return "AVX512-BF16, native bf16"
+    isa = "AVX-512" if info["avx512"] else "AVX2" if info["avx2"] else "no AVX2"
+    return f"{isa}, no native bf16 (bf16 convolutions emulated)"
+
+
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model} ({torch.get_num_threads()} threads)"
+    info = cpu_info()
+    return f"{info['model']} ({torch.get_num_threads()} threads; {bf16_support(info)})"
 
 
 def commit() -> Optional[str]:
@@ -70,6 +111,6 @@ def environment(devices, args) -> dict:
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "contres_version": __version__, "commit": commit(),
             "torch_version": torch.__version__, "torch_cuda": torch.version.cuda, "python": platform.python_version(),
-            "platform": platform.platform(), "devices": {d: device_name(d) for d in devices},
+            "platform": platform.platform(), "devices": {d: device_name(d) for d in devices}, "cpu": cpu_info(),
             "build_info": _ext.build_info(), "torchdiffeq": tdq, "num_threads": torch.get_num_threads(),
             "args": vars(args)}

@@ -1,13 +1,15 @@
 """The method registry: each method is a function (x, weight, bias) -> u_N computing one case's block.
 
-  fused             functional.ode_block(backend="fused")
+  fused             functional.ode_block(backend="fused"); under --autocast on the CPU it keeps the float32 state
+                    and runs the convolutions in the autocast dtype (mixed precision, autocast_state="float32")
   fused_ckpt        the same with checkpoint=True (every ceil(sqrt(N))-th state kept, the rest recomputed)
   fused_reversible  leapfrog only: memory="reversible" (u_{N-1} and u_N kept, the states recomputed backward)
+  fused_reduced     under --autocast only: fused with autocast_state="reduced", the whole block in the autocast dtype
   eager             reference.ode_block under autograd: the baseline of every ratio. Under --autocast it runs under
                     plain torch.autocast (per-op casting: convolutions in low precision, the state in float32),
                     as a user's eager model does
-  eager_blockcast   under --autocast only: functional.ode_block(backend="reference"), which casts the whole block
-                    to the autocast dtype as the fused op does
+  eager_blockcast   under --autocast only: functional.ode_block(backend="reference", autocast_state="reduced"),
+                    the reference with the whole block cast to the autocast dtype, as fused_reduced
   compiled          torch.compile (inductor) of eager; compiled_blockcast likewise of eager_blockcast
   torchdiffeq       torchdiffeq.odeint on the fixed grid t_k = k T / N with the reference's right-hand side:
                     method "euler" for euler, "rk4" for rk4 (torchdiffeq's is the 3/8 rule, so it is a speed
@@ -30,11 +32,12 @@ import torch
 from .. import _ext, functional, ops, reference
 from .cases import Case, Inputs, make_inputs
 
-METHODS = ("fused", "fused_ckpt", "fused_reversible", "eager", "eager_blockcast", "compiled", "compiled_blockcast",
-           "torchdiffeq", "fused_graphed", "eager_graphed", "fused_cudagraph", "fused_cudnn", "fused_cudnn_cudagraph")
+METHODS = ("fused", "fused_ckpt", "fused_reversible", "fused_reduced", "eager", "eager_blockcast", "compiled",
+           "compiled_blockcast", "torchdiffeq", "fused_graphed", "eager_graphed", "fused_cudagraph", "fused_cudnn",
+           "fused_cudnn_cudagraph")
 CUDA_PATHS = {"fused_cudagraph": ("auto", "on"), "fused_cudnn": ("fused", "auto"),
               "fused_cudnn_cudagraph": ("fused", "on")}  # method -> (conv, graphs) of contres.set_cuda_paths
-FUSED = ("fused", "fused_ckpt", "fused_reversible", "fused_graphed") + tuple(CUDA_PATHS)
+FUSED = ("fused", "fused_ckpt", "fused_reversible", "fused_reduced", "fused_graphed") + tuple(CUDA_PATHS)
 GRAPHED = ("fused_graphed", "eager_graphed")
 TORCHDIFFEQ_METHOD = {"euler": "euler", "rk4": "rk4"}  # integrator -> torchdiffeq's fixed-grid counterpart
 
@@ -92,7 +95,13 @@ def _reversible_fn(case: Case) -> Callable:
 def _blockcast_fn(case: Case) -> Callable:
     if case.autocast is None:  # without autocast there is no cast: the same as eager
         raise MethodSkipped("the same as eager without --autocast", silent=True)
-    return _functional_fn(case, "reference")
+    return _functional_fn(case, "reference", autocast_state="reduced")
+
+
+def _reduced_fn(case: Case) -> Callable:
+    if case.autocast is None:
+        raise MethodSkipped("the same as fused without --autocast", silent=True)
+    return _fused_fn(case, autocast_state="reduced")
 
 
 def _compiled(fn: Callable) -> Callable:
@@ -154,6 +163,7 @@ _BUILDERS = {
     "fused": lambda case: _fused_fn(case),
     "fused_ckpt": lambda case: _fused_fn(case, checkpoint=True),
     "fused_reversible": _reversible_fn,
+    "fused_reduced": _reduced_fn,
     "eager": _eager_fn,
     "eager_blockcast": _blockcast_fn,
     "compiled": lambda case: _compiled(_eager_fn(case)),
@@ -189,18 +199,20 @@ def path_of(name: str) -> Optional[dict]:
 
 
 def forward_runner(fn: Callable, inputs: Inputs, case: Case) -> Callable[[], torch.Tensor]:
-    """One training-mode forward (autograd records the graph), under the case's autocast."""
+    """One training-mode forward (autograd records the graph), under the case's autocast and precision setting."""
     def run():
-        with case.autocast_context():
+        with case.precision_context(), case.autocast_context():
             return fn(*inputs.leaves)
     return run
 
 
 def fwd_bwd_runner(fn: Callable, inputs: Inputs, case: Case) -> Callable:
-    """One forward + backward; returns (output, (grad_x, grad_weight, grad_bias))."""
+    """One forward + backward (the backward under the case's precision setting too, outside autocast as in
+    training); returns (output, (grad_x, grad_weight, grad_bias))."""
     forward = forward_runner(fn, inputs, case)
 
     def run():
-        out = forward()
-        return out, torch.autograd.grad(out, inputs.leaves, inputs.grad_out.to(out.dtype))
+        with case.precision_context():
+            out = forward()
+            return out, torch.autograd.grad(out, inputs.leaves, inputs.grad_out.to(out.dtype))
     return run

@@ -15,8 +15,9 @@ import sys
 from .methods import METHODS
 from .report import read_json
 
-_COLORS = dict(zip(METHODS, ("#1f77b4", "#6baed6", "#17becf", "#7f7f7f", "#bdbdbd", "#ff7f0e", "#fdae6b",
-                             "#2ca02c", "#9467bd", "#c5b0d5")))
+_COLORS = dict(zip([m for m in METHODS if m != "fused_reduced"],
+                   ("#1f77b4", "#6baed6", "#17becf", "#7f7f7f", "#bdbdbd", "#ff7f0e", "#fdae6b", "#2ca02c",
+                    "#9467bd", "#c5b0d5")), fused_reduced="#08306b")
 
 
 def _pyplot():

@@ -24,7 +24,8 @@ def make_row(case: Case, method: str, malloc: Optional[str] = None, **values) ->
     row = {"device": case.device, "case": case.name, "layer": case.layer, "activation": case.activation,
            "batch": case.batch, "channels": case.channels, "size": case.size, "steps": case.steps,
            "controls": case.n_controls, "interp": case.interp, "integrator": case.integrator, "norm": case.norm,
-           "channels_last": case.channels_last, "dtype": case.dtype, "autocast": case.autocast, "malloc": malloc,
+           "channels_last": case.channels_last, "dtype": case.dtype, "autocast": case.autocast,
+           "mkldnn_fp32_precision": case.mkldnn_fp32_precision, "malloc": malloc,
            "method": method, "path": None, "state_mib": case.state_bytes / MIB}
     row.update({k: None for k in ROW_NUMBERS})
     row["note"] = ""

@@ -1,18 +1,13 @@
 // CPU implementations of the fused elementwise passes (see kernels.h), parallel over segments of the flat data
-// with at::parallel_for. float and double use at::vec (AVX2 when the build host has it, see vec_activations.h);
-// the reduced types run the same maths in scalar loops with float accumulation. The optional operands are
-// template flags, so every inner loop is branch-free; only the (activation, aux) pairs the table in config.h
-// can produce are instantiated.
-#include "vec_activations.h"
+// with at::parallel_for. Every dtype pair (vec.h's DtypePair: float, double, bf16, fp16, and float states with
+// bf16 or fp16 convolution operands) runs on at::vec: each operand is loaded as vectors of the opmath type,
+// computed on there, and stored back in its own dtype, 16 elements (two mask bytes) at a time; a segment's last
+// n % 16 elements run the same maths in scalar code. The optional operands are template flags, so every inner
+// loop is branch-free; only the (activation, aux) pairs the table in config.h can produce are instantiated.
+#include "vec.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-
-#if defined(CPU_CAPABILITY_AVX2)
-#include <immintrin.h>
-#endif
 
 #include <algorithm>
 #include <array>
@@ -25,9 +20,14 @@ namespace contres {
 namespace {
 
 using cpu::act_vec;
+using cpu::BlockVecs;
+using cpu::kBlock;
+using cpu::load_block;
+using cpu::store_block;
 using cpu::df_value_vec;
-using cpu::kVectorised;
-using cpu::Vectorized;
+using cpu::mask_bits;
+using cpu::OpVec;
+using cpu::shifted;
 
 // Work items: segments of the flat data, starting at multiples of 8 elements so that each owns whole mask bytes.
 struct Segments {
@@ -56,142 +56,134 @@ const opmath_t* mask_derivative_table() {
   return table.data();
 }
 
-// Bit t of mask[j] is Activation<A>::mask_bit(z[8j + t]), for the n elements of a segment.
-template <Act A, typename T>
-void pack_mask(const T* z, uint8_t* mask, int64_t n) {
-  for (int64_t j = 0; 8 * j < n; ++j) {
-    const int cnt = static_cast<int>(std::min<int64_t>(8, n - 8 * j));
-    unsigned bits = 0;
-    for (int t = 0; t < cnt; ++t) bits |= static_cast<unsigned>(Activation<A>::mask_bit(z[8 * j + t])) << t;
-    mask[j] = static_cast<uint8_t>(bits);
-  }
-}
+// ------------------------------------------------------------------------------------------------ forward pass
 
-// The mask byte of 8 consecutive z: one compare and movemask with AVX2, which is most of the forward pass's time
-// otherwise (measured: 4 of its 6 ms per 8 steps, B32 C32 32x32).
-template <Act A, typename T>
-uint8_t mask_byte(const T* z) {
-#if defined(CPU_CAPABILITY_AVX2)
-  // The predicates are mask_bit's: relu's !(z <= 0) is true for NaN (unordered), leaky_relu's z > 0 is not.
-  constexpr int kPredicate = A == Act::Relu ? _CMP_NLE_UQ : _CMP_GT_OQ;
-  if constexpr (std::is_same_v<T, float>) {
-    return static_cast<uint8_t>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(z), _mm256_setzero_ps(), kPredicate)));
-  } else if constexpr (std::is_same_v<T, double>) {
-    const __m256d zero = _mm256_setzero_pd();
-    const int lo = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(z), zero, kPredicate));
-    const int hi = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(z + 4), zero, kPredicate));
-    return static_cast<uint8_t>(lo | (hi << 4));
-  }
-#endif
-  uint8_t bits;
-  pack_mask<A>(z, &bits, 8);
-  return bits;
-}
-
-// The forward pass's operands for one segment (pointers already offset to it) and its flags.
-template <typename T>
+// The forward pass's operands (kernels.h: z, the Value aux and out_low in the convolution dtype L, the rest in
+// the state dtype S), offset to one segment by at().
+template <typename S, typename L>
 struct ForwardPtrs {
-  const T* z;
-  T *out, *out2, *val;
-  const T *x0, *x1, *y0;
+  const L* z;
+  L *val, *out_low;
+  S *out, *out2;
+  const S *x0, *x1, *y0;
   uint8_t* mask;
+  ForwardPtrs at(int64_t e) const {
+    return {z + e, shifted(val, e), shifted(out_low, e), shifted(out, e), shifted(out2, e),
+            shifted(x0, e), shifted(x1, e), shifted(y0, e), mask ? mask + e / 8 : mask};
+  }
 };
 
-template <typename scalar_t, Act A, Aux K, bool kOut, bool kX1, bool kOut2>
-void forward_segment_scalar(const ForwardPtrs<scalar_t>& p, int64_t n, const std::array<at::opmath_type<scalar_t>, 4>& c) {
-  using opmath_t = at::opmath_type<scalar_t>;
+// kOut / kOutLow: out / out_low written (out = c0 x0 [+ c1 x1] + alpha f, either dtype); kOut2: out2 = y0 + beta f.
+template <typename S, typename L, Act A, Aux K, bool kOut, bool kOutLow, bool kX1, bool kOut2>
+void forward_segment_scalar(const ForwardPtrs<S, L>& p, int64_t n, const std::array<at::opmath_type<S>, 4>& c) {
+  using opmath_t = at::opmath_type<S>;
   const opmath_t c0 = c[0], c1 = c[1], alpha = c[2], beta = c[3];
-  if constexpr (kOut || kOut2 || K == Aux::Value) {
+  if constexpr (kOut || kOutLow || kOut2 || K == Aux::Value) {
     for (int64_t i = 0; i < n; ++i) {
       const opmath_t f = Activation<A>::f(static_cast<opmath_t>(p.z[i]));
-      if constexpr (K == Aux::Value) p.val[i] = static_cast<scalar_t>(f);
+      if constexpr (K == Aux::Value) p.val[i] = static_cast<L>(f);
       opmath_t o = 0, o2 = 0;
-      if constexpr (kOut) {
+      if constexpr (kOut || kOutLow) {
         o = c0 * static_cast<opmath_t>(p.x0[i]);
         if constexpr (kX1) o += c1 * static_cast<opmath_t>(p.x1[i]);
         o += alpha * f;
       }
       if constexpr (kOut2) o2 = static_cast<opmath_t>(p.y0[i]) + beta * f;
-      if constexpr (kOut) p.out[i] = static_cast<scalar_t>(o);
-      if constexpr (kOut2) p.out2[i] = static_cast<scalar_t>(o2);
+      if constexpr (kOut) p.out[i] = static_cast<S>(o);
+      if constexpr (kOutLow) p.out_low[i] = static_cast<L>(o);
+      if constexpr (kOut2) p.out2[i] = static_cast<S>(o2);
     }
   }
-  if constexpr (K == Aux::Mask) pack_mask<A>(p.z, p.mask, n);
+  if constexpr (K == Aux::Mask) {
+    for (int64_t j = 0; 8 * j < n; ++j) {
+      const int cnt = static_cast<int>(std::min<int64_t>(8, n - 8 * j));
+      unsigned bits = 0;
+      for (int t = 0; t < cnt; ++t) bits |= static_cast<unsigned>(Activation<A>::mask_bit(p.z[8 * j + t])) << t;
+      p.mask[j] = static_cast<uint8_t>(bits);
+    }
+  }
 }
 
-template <typename T, Act A, Aux K, bool kOut, bool kX1, bool kOut2>
-void forward_segment_vec(const ForwardPtrs<T>& p, int64_t n, const std::array<T, 4>& c) {
-  using Vec = Vectorized<T>;
+template <typename S, typename L, Act A, Aux K, bool kOut, bool kOutLow, bool kX1, bool kOut2>
+void forward_segment(const ForwardPtrs<S, L>& p, int64_t n, const std::array<at::opmath_type<S>, 4>& c) {
+  using Vec = OpVec<S>;
+  using Vecs = BlockVecs<S>;
   constexpr int64_t V = Vec::size();
-  static_assert(8 % V == 0, "a vector must not straddle two mask bytes");
-  const int64_t body = n / 8 * 8;
+  const int64_t body = n / kBlock * kBlock;
   const Vec c0(c[0]), c1(c[1]), alpha(c[2]), beta(c[3]);
-  for (int64_t i = 0; i < body; i += 8) {
-    if constexpr (kOut || kOut2 || K == Aux::Value) {
-      for (int64_t j = i; j < i + 8; j += V) {
-        const Vec f = act_vec<A>(Vec::loadu(p.z + j));
-        if constexpr (K == Aux::Value) f.store(p.val + j);
-        Vec o, o2;
-        if constexpr (kOut) {
-          Vec base = c0 * Vec::loadu(p.x0 + j);
-          if constexpr (kX1) base = at::vec::fmadd(c1, Vec::loadu(p.x1 + j), base);
-          o = at::vec::fmadd(alpha, f, base);
-        }
-        if constexpr (kOut2) o2 = at::vec::fmadd(beta, f, Vec::loadu(p.y0 + j));
-        if constexpr (kOut) o.store(p.out + j);
-        if constexpr (kOut2) o2.store(p.out2 + j);
-      }
+  for (int64_t i = 0; i < body; i += kBlock) {
+    const Vecs z = load_block(p.z + i);
+    if constexpr (K == Aux::Mask) {
+      unsigned bits = 0;
+      for (size_t j = 0; j < z.size(); ++j) bits |= mask_bits<A>(z[j]) << (j * V);
+      p.mask[i / 8] = static_cast<uint8_t>(bits), p.mask[i / 8 + 1] = static_cast<uint8_t>(bits >> 8);
     }
-    if constexpr (K == Aux::Mask) p.mask[i / 8] = mask_byte<A>(p.z + i);
+    if constexpr (kOut || kOutLow || kOut2 || K == Aux::Value) {
+      Vecs f, o, o2;
+      for (size_t j = 0; j < z.size(); ++j) f[j] = act_vec<A>(z[j]);
+      if constexpr (kOut || kOutLow) {
+        const Vecs x0 = load_block(p.x0 + i);
+        Vecs x1;
+        if constexpr (kX1) x1 = load_block(p.x1 + i);
+        for (size_t j = 0; j < z.size(); ++j) {
+          Vec base = c0 * x0[j];
+          if constexpr (kX1) base = at::vec::fmadd(c1, x1[j], base);
+          o[j] = at::vec::fmadd(alpha, f[j], base);
+        }
+      }
+      if constexpr (kOut2) {
+        const Vecs y0 = load_block(p.y0 + i);
+        for (size_t j = 0; j < z.size(); ++j) o2[j] = at::vec::fmadd(beta, f[j], y0[j]);
+      }
+      // Every operand of these elements is read: the outputs may alias the inputs they replace.
+      if constexpr (K == Aux::Value) store_block(p.val + i, f);
+      if constexpr (kOut) store_block(p.out + i, o);
+      if constexpr (kOutLow) store_block(p.out_low + i, o);
+      if constexpr (kOut2) store_block(p.out2 + i, o2);
+    }
   }
-  ForwardPtrs<T> tail = p;
-  tail.z += body;
-  if (kOut) tail.out += body, tail.x0 += body;
-  if (kX1) tail.x1 += body;
-  if (kOut2) tail.out2 += body, tail.y0 += body;
-  if (K == Aux::Value) tail.val += body;
-  if (K == Aux::Mask) tail.mask += body / 8;
-  forward_segment_scalar<T, A, K, kOut, kX1, kOut2>(tail, n - body, c);
+  forward_segment_scalar<S, L, A, K, kOut, kOutLow, kX1, kOut2>(p.at(body), n - body, c);
 }
 
-template <typename scalar_t, Act A, Aux K, bool kOut, bool kX1, bool kOut2>
+template <typename S, typename L, Act A, Aux K, bool kOut, bool kOutLow, bool kX1, bool kOut2>
 void forward_kernel(const ForwardPass& a) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const ForwardPtrs<scalar_t> base{a.z.const_data_ptr<scalar_t>(),
-                                   kOut ? a.comb.out.mutable_data_ptr<scalar_t>() : nullptr,
-                                   kOut2 ? a.comb.out2.mutable_data_ptr<scalar_t>() : nullptr,
-                                   K == Aux::Value ? a.aux.mutable_data_ptr<scalar_t>() : nullptr,
-                                   kOut ? a.comb.x0.const_data_ptr<scalar_t>() : nullptr,
-                                   kX1 ? a.comb.x1.const_data_ptr<scalar_t>() : nullptr,
-                                   kOut2 ? a.comb.y0.const_data_ptr<scalar_t>() : nullptr,
-                                   K == Aux::Mask ? a.aux.mutable_data_ptr<uint8_t>() : nullptr};
-  const std::array<opmath_t, 4> c{static_cast<opmath_t>(a.comb.c0), static_cast<opmath_t>(a.comb.c1),
-                                  static_cast<opmath_t>(a.comb.alpha), static_cast<opmath_t>(a.comb.beta)};
+  using opmath_t = at::opmath_type<S>;
+  const Combination& comb = a.comb;
+  const ForwardPtrs<S, L> base{a.z.const_data_ptr<L>(),
+                               K == Aux::Value ? a.aux.mutable_data_ptr<L>() : nullptr,
+                               kOutLow ? comb.out_low.mutable_data_ptr<L>() : nullptr,
+                               kOut ? comb.out.mutable_data_ptr<S>() : nullptr,
+                               kOut2 ? comb.out2.mutable_data_ptr<S>() : nullptr,
+                               kOut || kOutLow ? comb.x0.const_data_ptr<S>() : nullptr,
+                               kX1 ? comb.x1.const_data_ptr<S>() : nullptr,
+                               kOut2 ? comb.y0.const_data_ptr<S>() : nullptr,
+                               K == Aux::Mask ? a.aux.mutable_data_ptr<uint8_t>() : nullptr};
+  const std::array<opmath_t, 4> c{static_cast<opmath_t>(comb.c0), static_cast<opmath_t>(comb.c1),
+                                  static_cast<opmath_t>(comb.alpha), static_cast<opmath_t>(comb.beta)};
   Segments(a.z.numel()).parallel([&](int64_t e, int64_t n) {
-    ForwardPtrs<scalar_t> p = base;
-    p.z += e;
-    if (kOut) p.out += e, p.x0 += e;
-    if (kX1) p.x1 += e;
-    if (kOut2) p.out2 += e, p.y0 += e;
-    if (K == Aux::Value) p.val += e;
-    if (K == Aux::Mask) p.mask += e / 8;
-    if constexpr (kVectorised<scalar_t>)
-      forward_segment_vec<scalar_t, A, K, kOut, kX1, kOut2>(p, n, c);
-    else
-      forward_segment_scalar<scalar_t, A, K, kOut, kX1, kOut2>(p, n, c);
+    forward_segment<S, L, A, K, kOut, kOutLow, kX1, kOut2>(base.at(e), n, c);
   });
 }
 
-// Adjoint gate of one segment. Every operand of element i is read before anything of element i is written.
-template <typename T>
+// ----------------------------------------------------------------------------------------------- adjoint gate
+
+// The gate's operands (kernels.h: lam and the running sums in the state dtype S, mu, g and the Value aux in the
+// convolution dtype L). Every operand of element i is read before anything of element i is written.
+template <typename S, typename L>
 struct GatePtrs {
-  const T *lam, *mu, *sum_in, *val;
+  const S *lam, *sum_in;
+  const L *mu, *val;
   const uint8_t* mask;
-  T *g, *sum_out;
+  L* g;
+  S* sum_out;
+  GatePtrs at(int64_t e) const {
+    return {lam + e, shifted(sum_in, e), shifted(mu, e), shifted(val, e), mask ? mask + e / 8 : mask, g + e,
+            shifted(sum_out, e)};
+  }
 };
 
 // The bias gradient of one segment: acc[c] += g of each element of channel c (channels_last: element i has channel
-// i % C); c is the channel of the next element.
+// i % C); c is the channel of the next element. g is summed before it is rounded to L.
 template <typename opmath_t>
 struct BiasAcc {
   opmath_t* acc = nullptr;
@@ -202,11 +194,10 @@ struct BiasAcc {
   }
 };
 
-template <typename scalar_t, Act A, Aux K, bool kMu, bool kSum, bool kBias>
-void gate_segment_scalar(const GatePtrs<scalar_t>& p, int64_t n, at::opmath_type<scalar_t> c_mu,
-                         at::opmath_type<scalar_t> scale, const at::opmath_type<scalar_t>* table,
-                         BiasAcc<at::opmath_type<scalar_t>>& bias) {
-  using opmath_t = at::opmath_type<scalar_t>;
+template <typename S, typename L, Act A, Aux K, bool kMu, bool kSum, bool kBias>
+void gate_segment_scalar(const GatePtrs<S, L>& p, int64_t n, at::opmath_type<S> c_mu, at::opmath_type<S> scale,
+                         const at::opmath_type<S>* table, BiasAcc<at::opmath_type<S>>& bias) {
+  using opmath_t = at::opmath_type<S>;
   for (int64_t i = 0; i < n; ++i) {
     opmath_t v = static_cast<opmath_t>(p.lam[i]);
     opmath_t m = 0, s = 0;
@@ -219,93 +210,90 @@ void gate_segment_scalar(const GatePtrs<scalar_t>& p, int64_t n, at::opmath_type
     if constexpr (K == Aux::Mask) d = table[8 * p.mask[i / 8] + i % 8];
     else if constexpr (K == Aux::Value) d = Activation<A>::df_value(static_cast<opmath_t>(p.val[i]));
     else d = opmath_t(1);
-    const scalar_t g = static_cast<scalar_t>(scale * d * v);
-    p.g[i] = g;
-    if constexpr (kSum) p.sum_out[i] = static_cast<scalar_t>(s);
-    if constexpr (kBias) bias.add(static_cast<opmath_t>(g));
+    const opmath_t g = scale * d * v;
+    p.g[i] = static_cast<L>(g);
+    if constexpr (kSum) p.sum_out[i] = static_cast<S>(s);
+    if constexpr (kBias) bias.add(g);
   }
 }
 
-template <typename T, Act A, Aux K, bool kMu, bool kSum, bool kBias>
-void gate_segment_vec(const GatePtrs<T>& p, int64_t n, T c_mu, T scale, const T* table, BiasAcc<T>& bias) {
-  using Vec = Vectorized<T>;
+template <typename S, typename L, Act A, Aux K, bool kMu, bool kSum, bool kBias>
+void gate_segment(const GatePtrs<S, L>& p, int64_t n, at::opmath_type<S> c_mu, at::opmath_type<S> scale,
+                  const at::opmath_type<S>* table, BiasAcc<at::opmath_type<S>>& bias) {
+  using Vec = OpVec<S>;
+  using Vecs = BlockVecs<S>;
   constexpr int64_t V = Vec::size();
-  static_assert(8 % V == 0, "a vector must not straddle two mask bytes");
-  const int64_t body = n / 8 * 8;
+  const int64_t body = n / kBlock * kBlock;
   const Vec cv(c_mu), sv(scale);
   const bool whole_vectors = bias.C % V == 0;  // then a vector holds channels c .. c + V - 1
-  for (int64_t i = 0; i < body; i += V) {
-    Vec v = Vec::loadu(p.lam + i), s;
+  for (int64_t i = 0; i < body; i += kBlock) {
+    Vecs v = load_block(p.lam + i), s, d, g;
     if constexpr (kMu) {
-      const Vec m = Vec::loadu(p.mu + i);
-      v = at::vec::fmadd(cv, m, v);
-      if constexpr (kSum) s = Vec::loadu(p.sum_in + i) + m;
+      const Vecs m = load_block(p.mu + i);
+      Vecs in;
+      if constexpr (kSum) in = load_block(p.sum_in + i);
+      for (size_t j = 0; j < v.size(); ++j) {
+        v[j] = at::vec::fmadd(cv, m[j], v[j]);
+        if constexpr (kSum) s[j] = in[j] + m[j];
+      }
     }
-    Vec d;
-    if constexpr (K == Aux::Mask) d = Vec::loadu(table + 8 * p.mask[i / 8] + i % 8);
-    else if constexpr (K == Aux::Value) d = df_value_vec<A>(Vec::loadu(p.val + i));
-    else d = Vec(1);
-    const Vec g = sv * d * v;
-    g.store(p.g + i);
-    if constexpr (kSum) s.store(p.sum_out + i);
+    if constexpr (K == Aux::Value) d = load_block(p.val + i);
+    for (size_t j = 0; j < v.size(); ++j) {
+      const int64_t e = i + static_cast<int64_t>(j) * V;  // the first element of vector j
+      if constexpr (K == Aux::Mask) d[j] = Vec::loadu(table + 8 * p.mask[e / 8] + e % 8);
+      else if constexpr (K == Aux::Value) d[j] = df_value_vec<A>(d[j]);
+      else d[j] = Vec(1);
+      g[j] = sv * d[j] * v[j];
+    }
+    store_block(p.g + i, g);
+    if constexpr (kSum) store_block(p.sum_out + i, s);
     if constexpr (kBias) {
-      if (whole_vectors) {
-        (Vec::loadu(bias.acc + bias.c) + g).store(bias.acc + bias.c);
-        bias.c += V;
-        if (bias.c == bias.C) bias.c = 0;
-      } else {
-        for (int64_t t = 0; t < V; ++t) bias.add(p.g[i + t]);
+      for (size_t j = 0; j < g.size(); ++j) {
+        if (whole_vectors) {
+          (Vec::loadu(bias.acc + bias.c) + g[j]).store(bias.acc + bias.c);
+          bias.c += V;
+          if (bias.c == bias.C) bias.c = 0;
+        } else {
+          at::opmath_type<S> lanes[V];
+          g[j].store(lanes);
+          for (int64_t t = 0; t < V; ++t) bias.add(lanes[t]);
+        }
       }
     }
   }
-  GatePtrs<T> tail = p;
-  tail.lam += body;
-  tail.g += body;
-  if (kMu) tail.mu += body;
-  if (kSum) tail.sum_in += body, tail.sum_out += body;
-  if (K == Aux::Value) tail.val += body;
-  if (K == Aux::Mask) tail.mask += body / 8;
-  gate_segment_scalar<T, A, K, kMu, kSum, kBias>(tail, n - body, c_mu, scale, table, bias);
+  gate_segment_scalar<S, L, A, K, kMu, kSum, kBias>(p.at(body), n - body, c_mu, scale, table, bias);
 }
 
 // With kBias, each segment sums its g per channel into its own row of partial sums, reduced afterwards in segment
 // order: the bias gradient is the same whatever the threads, and no pass reads g again.
-template <typename scalar_t, Act A, Aux K, bool kMu, bool kSum, bool kBias>
+template <typename S, typename L, Act A, Aux K, bool kMu, bool kSum, bool kBias>
 void gate_kernel(const GatePass& a) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const GatePtrs<scalar_t> base{a.lam.const_data_ptr<scalar_t>(),
-                                kMu ? a.mu.const_data_ptr<scalar_t>() : nullptr,
-                                kSum ? (a.sum_in.defined() ? a.sum_in : a.lam).const_data_ptr<scalar_t>() : nullptr,
-                                K == Aux::Value ? a.aux.const_data_ptr<scalar_t>() : nullptr,
-                                K == Aux::Mask ? a.aux.const_data_ptr<uint8_t>() : nullptr,
-                                a.g.mutable_data_ptr<scalar_t>(),
-                                kSum ? a.sum_out.mutable_data_ptr<scalar_t>() : nullptr};
+  using opmath_t = at::opmath_type<S>;
+  const GatePtrs<S, L> base{a.lam.const_data_ptr<S>(),
+                            kSum ? (a.sum_in.defined() ? a.sum_in : a.lam).const_data_ptr<S>() : nullptr,
+                            kMu ? a.mu.const_data_ptr<L>() : nullptr,
+                            K == Aux::Value ? a.aux.const_data_ptr<L>() : nullptr,
+                            K == Aux::Mask ? a.aux.const_data_ptr<uint8_t>() : nullptr,
+                            a.g.mutable_data_ptr<L>(),
+                            kSum ? a.sum_out.mutable_data_ptr<S>() : nullptr};
   const opmath_t* table = K == Aux::Mask ? mask_derivative_table<opmath_t, A>() : nullptr;
   const auto c_mu = static_cast<opmath_t>(a.c_mu), scale = static_cast<opmath_t>(a.scale);
   const Segments seg(a.lam.numel());
   const int64_t C = a.channels;
   std::vector<opmath_t> partial(kBias ? seg.count * C : 0, opmath_t(0));
   seg.parallel([&](int64_t e, int64_t n) {
-    GatePtrs<scalar_t> p = base;
-    p.lam += e;
-    p.g += e;
-    if (kMu) p.mu += e;
-    if (kSum) p.sum_in += e, p.sum_out += e;
-    if (K == Aux::Value) p.val += e;
-    if (K == Aux::Mask) p.mask += e / 8;
     BiasAcc<opmath_t> bias;
     if (kBias) bias.acc = partial.data() + (e / Segments::kLength) * C, bias.C = C, bias.c = e % C;
-    if constexpr (kVectorised<scalar_t>)
-      gate_segment_vec<scalar_t, A, K, kMu, kSum, kBias>(p, n, c_mu, scale, table, bias);
-    else
-      gate_segment_scalar<scalar_t, A, K, kMu, kSum, kBias>(p, n, c_mu, scale, table, bias);
+    gate_segment<S, L, A, K, kMu, kSum, kBias>(base.at(e), n, c_mu, scale, table, bias);
   });
   if constexpr (kBias) {
     std::vector<opmath_t> total(C, opmath_t(0));
     for (int64_t w = 0; w < seg.count; ++w)
       for (int64_t c = 0; c < C; ++c) total[c] += partial[w * C + c];
-    scalar_t* out = a.bias.mutable_data_ptr<scalar_t>();
-    for (int64_t c = 0; c < C; ++c) out[c] = static_cast<scalar_t>(total[c]);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.bias.scalar_type(), "contres_gate_bias", [&] {
+      scalar_t* out = a.bias.mutable_data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c) out[c] = static_cast<scalar_t>(total[c]);
+    });
   }
 }
 
@@ -318,18 +306,29 @@ void dispatch_bool(bool value, const Fn& fn) {
 }  // namespace
 
 void forward_pass_cpu(const ForwardPass& a) {
-  const bool out = a.comb.out.defined(), x1 = out && a.comb.x1.defined(), out2 = a.comb.out2.defined();
+  const Combination& comb = a.comb;
+  const bool out = comb.out.defined(), out_low = comb.out_low.defined(), x1 = (out || out_low) && comb.x1.defined();
+  const bool out2 = comb.out2.defined();
   const Aux kind = a.aux.defined() ? a.aux_kind : Aux::None;
-  if (!out && !out2 && kind == Aux::None) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.z.scalar_type(), "contres_forward_pass_cpu", [&] {
+  if (!out && !out_low && !out2 && kind == Aux::None) return;
+  const at::ScalarType conv = a.z.scalar_type(), state = comb.state_dtype(conv);
+  cpu::dispatch_dtypes(state, conv, "contres_forward_pass_cpu", [&](auto types) {
+    using S = typename decltype(types)::state_t;
+    using L = typename decltype(types)::conv_t;
+    constexpr bool kMixed = !std::is_same_v<S, L>;
+    TORCH_CHECK(kMixed || !out_low, "contres: internal error: out_low is the convolution-dtype copy of a mixed "
+                "precision pass");
     dispatch_reachable<forward_pass_reachable>(a.act, kind, [&](auto act, auto aux) {
       constexpr Act A = decltype(act)::value;
       constexpr Aux K = decltype(aux)::value;
       dispatch_bool(out, [&](auto o) {
-        dispatch_bool(x1, [&](auto with_x1) {
-          dispatch_bool(out2, [&](auto o2) {
-            forward_kernel<scalar_t, A, K, decltype(o)::value, decltype(o)::value && decltype(with_x1)::value,
-                           decltype(o2)::value>(a);
+        dispatch_bool(kMixed && out_low, [&](auto ol) {
+          dispatch_bool(x1, [&](auto with_x1) {
+            dispatch_bool(out2, [&](auto o2) {
+              constexpr bool kOutLow = kMixed && decltype(ol)::value;
+              forward_kernel<S, L, A, K, decltype(o)::value, kOutLow,
+                             (decltype(o)::value || kOutLow) && decltype(with_x1)::value, decltype(o2)::value>(a);
+            });
           });
         });
       });
@@ -341,14 +340,16 @@ bool gate_pass_cpu(const GatePass& a) {
   const bool mu = a.mu.defined(), sum = a.sum_out.defined();
   const bool bias = a.bias.defined() && a.channels > 0 && a.bias.is_contiguous() && a.bias.numel() == a.channels;
   TORCH_CHECK(!sum || mu, "contres: internal error: the gate's running sum adds mu");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.lam.scalar_type(), "contres_gate_pass_cpu", [&] {
+  cpu::dispatch_dtypes(a.lam.scalar_type(), a.g.scalar_type(), "contres_gate_pass_cpu", [&](auto types) {
+    using S = typename decltype(types)::state_t;
+    using L = typename decltype(types)::conv_t;
     dispatch_reachable<gate_pass_reachable>(a.act, a.aux_kind, [&](auto act, auto aux) {
       constexpr Act A = decltype(act)::value;
       constexpr Aux K = decltype(aux)::value;
       dispatch_bool(mu, [&](auto m) {
         dispatch_bool(sum, [&](auto s) {
           dispatch_bool(bias, [&](auto with_bias) {
-            gate_kernel<scalar_t, A, K, decltype(m)::value, decltype(m)::value && decltype(s)::value,
+            gate_kernel<S, L, A, K, decltype(m)::value, decltype(m)::value && decltype(s)::value,
                         decltype(with_bias)::value>(a);
           });
         });

@@ -29,23 +29,30 @@ std::vector<RowMix> interpolation_rows(Interp interp, Method method, int64_t n_s
   return rows;
 }
 
-Weights::Weights(const at::Tensor& weight, const at::Tensor& bias, std::vector<RowMix> rows)
-    : weight_(weight.contiguous()), bias_(bias.contiguous()), rows_(std::move(rows)) {}
+Weights::Weights(const at::Tensor& weight, const at::Tensor& bias, std::vector<RowMix> rows,
+                 at::ScalarType conv_dtype)
+    : weight_(weight.contiguous()),
+      bias_(bias.contiguous()),
+      conv_weight_(weight_.to(conv_dtype)),
+      conv_bias_(bias_.to(conv_dtype)),
+      rows_(std::move(rows)) {}
 
 at::Tensor Weights::K(int64_t row) const {
   const RowMix& r = rows_.at(row);
-  return r.a == 0 ? weight_[r.j] : mixed(row).K;
+  return r.a == 0 ? conv_weight_[r.j] : mixed(row).K;
 }
 
 at::Tensor Weights::b(int64_t row) const {
   const RowMix& r = rows_.at(row);
-  return r.a == 0 ? bias_[r.j] : mixed(row).b;
+  return r.a == 0 ? conv_bias_[r.j] : mixed(row).b;
 }
 
 const Weights::Mixed& Weights::mixed(int64_t row) const {
   if (row != mixed_.row) {  // new tensors: one handed out before may still be held
     const RowMix& r = rows_[row];
-    mixed_ = {row, at::lerp(weight_[r.j], weight_[r.j + 1], r.a), at::lerp(bias_[r.j], bias_[r.j + 1], r.a)};
+    const at::ScalarType conv = conv_weight_.scalar_type();
+    mixed_ = {row, at::lerp(weight_[r.j], weight_[r.j + 1], r.a).to(conv),
+              at::lerp(bias_[r.j], bias_[r.j + 1], r.a).to(conv)};
   }
   return mixed_;
 }

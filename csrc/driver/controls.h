@@ -26,13 +26,14 @@ struct RowMix {
 // the rows are the controls): reference.control_weights_at's rule, in the same integer arithmetic.
 std::vector<RowMix> interpolation_rows(Interp interp, Method method, int64_t n_steps, int64_t n_controls);
 
-// The kernel and bias at each row, from the controls.
+// The kernel and bias at each row, from the controls, in the convolutions' dtype (mixed precision: the controls
+// are cast once per call, and a row of two controls is mixed in their own dtype, then cast, as autocast would).
 class Weights {
  public:
-  Weights(const at::Tensor& weight, const at::Tensor& bias, std::vector<RowMix> rows);
+  Weights(const at::Tensor& weight, const at::Tensor& bias, std::vector<RowMix> rows, at::ScalarType conv_dtype);
   at::Tensor K(int64_t row) const;  // a view of a control where the row is one, else a new tensor (never reused,
   at::Tensor b(int64_t row) const;  // so a caller may keep it)
-  const at::Tensor& controls() const { return weight_; }
+  const at::Tensor& controls() const { return weight_; }  // as given (their dtype is the gradients')
   const at::Tensor& control_biases() const { return bias_; }
   const std::vector<RowMix>& rows() const { return rows_; }
 
@@ -43,6 +44,7 @@ class Weights {
   };
   const Mixed& mixed(int64_t row) const;  // the last row of two controls, formed once (rk4 reads one twice)
   at::Tensor weight_, bias_;  // contiguous
+  at::Tensor conv_weight_, conv_bias_;  // the same in the convolution dtype (the same tensors when it is theirs)
   std::vector<RowMix> rows_;
   mutable Mixed mixed_;
 };

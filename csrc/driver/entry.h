@@ -15,6 +15,7 @@ struct Call {
   Config cfg;
   Interp interp = Interp::None;  // how weight and bias become the kernels at the stage times (driver/controls.h)
   Dims dims;
+  Dtypes dtypes;  // the state's (x's) and the convolutions' (conv_dtype): two in mixed precision
   double h = 0;
   bool fused_conv = false;  // CUDA: the fused cuDNN graphs where they can run (see paths.h)
 };

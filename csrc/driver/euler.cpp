@@ -14,8 +14,8 @@ void euler_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& tap
   for (int64_t k = begin; k < end; ++k) {
     const at::Tensor next = tape.state(k + 1);
     Combination comb;
-    if (next.defined()) comb.out = next, comb.x0 = u, comb.alpha = p.h;
-    st.forward(u, w.K(k), w.b(k), comb, tape.aux(k, 0));
+    if (next.defined()) comb.out = next, comb.out_low = tape.low_copy(k + 1), comb.x0 = u, comb.alpha = p.h;
+    st.forward(tape.conv_input(k), w.K(k), w.b(k), comb, tape.aux(k, 0));
     u = next;
   }
 }
@@ -32,14 +32,14 @@ class EulerAdjoint final : public Adjoint {
       // dL/du_{k+1} = lam + mu (mu: J^T of the step after), formed in mu's buffer by the same pass as the gate.
       Upstream up;
       up.lam = lam_, up.mu = mu_, up.scale = p_.h;
-      if (mu_.defined()) up.sum_out = mu_;
-      at::Tensor mu = adjoint_at(st_, up, tape.state(k), w_, grads_, k, tape.aux(k, 0));
-      if (mu_.defined()) lam_ = mu_;
+      if (mu_.defined()) up.sum_out = st_.sum_target(mu_);
+      at::Tensor mu = adjoint_at(st_, up, tape.conv_input(k), w_, grads_, k, tape.aux(k, 0));
+      if (mu_.defined()) lam_ = up.sum_out;
       mu_ = mu;
     }
   }
 
-  at::Tensor finish() override { return mu_.add_(lam_); }
+  at::Tensor finish() override { return st_.add(lam_, mu_); }
 
  private:
   const Problem& p_;

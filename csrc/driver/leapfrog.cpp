@@ -17,10 +17,10 @@ void leapfrog_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& 
     const at::Tensor next = tape.state(k + 1);
     Combination comb;
     if (next.defined()) {
-      comb.out = next, comb.x0 = u, comb.alpha = h2;
+      comb.out = next, comb.out_low = tape.low_copy(k + 1), comb.x0 = u, comb.alpha = h2;
       if (k > 0) comb.c0 = 2, comb.x1 = u_prev, comb.c1 = -1;  // u_{-1} = u_0: the first step is u_0 + h^2 f
     }
-    st.forward(u, w.K(k), w.b(k), comb, tape.aux(k, 0));
+    st.forward(tape.conv_input(k), w.K(k), w.b(k), comb, tape.aux(k, 0));
     u_prev = u;
     u = next;
   }
@@ -39,9 +39,9 @@ class LeapfrogAdjoint final : public Adjoint {
     for (int64_t k = end - 1; k >= begin; --k) {
       Upstream up;
       up.lam = part_, up.mu = mu_, up.scale = p_.h * p_.h;
-      if (mu_.defined()) up.sum_out = mu_;  // a_{k+1}, formed in mu's buffer by the same pass as the gate
-      at::Tensor mu = adjoint_at(st_, up, tape.state(k), w_, grads_, k, tape.aux(k, 0));
-      const at::Tensor a1 = mu_.defined() ? mu_ : part_;
+      if (mu_.defined()) up.sum_out = st_.sum_target(mu_);  // a_{k+1}, formed by the same pass as the gate
+      at::Tensor mu = adjoint_at(st_, up, tape.conv_input(k), w_, grads_, k, tape.aux(k, 0));
+      const at::Tensor a1 = mu_.defined() ? up.sum_out : part_;
       // part of a_k: c_k a_{k+1} - a_{k+2}, as c_k (a_{k+1} - a_{k+2} / c_k) (exact: c_k is 1 or 2)
       const double c = k > 0 ? 2.0 : 1.0;
       at::Tensor next_part = part_owned_ && !part_.is_same(a1) ? part_ : empty_state(p_);
@@ -52,7 +52,7 @@ class LeapfrogAdjoint final : public Adjoint {
     }
   }
 
-  at::Tensor finish() override { return mu_.add_(part_); }
+  at::Tensor finish() override { return st_.add(part_, mu_); }
 
  private:
   const Problem& p_;

@@ -17,11 +17,17 @@ namespace contres {
 
 // Where a sweep reads and writes: u_k, rk4's stage inputs, and each evaluation's aux. An undefined tensor from
 // state(k) means "not wanted" (the last step of a replayed segment needs its aux only); from aux(k, s), that
-// the aux is not kept.
+// the aux is not kept. The adjoints read only what the convolutions read: conv_input(k), stage(k, s), aux(k, s).
 struct Tape {
-  std::function<at::Tensor(int64_t k)> state;
-  std::function<at::Tensor(int64_t k, int s)> stage;  // rk4: the input of stage s = 1, 2, 3 of step k
+  std::function<at::Tensor(int64_t k)> state;         // u_k in the state dtype
+  // Mixed precision only: u_k in the convolution dtype, the evaluation's input, written by the pass that writes
+  // state(k) (unset: state(k) is the input itself).
+  std::function<at::Tensor(int64_t k)> input;
+  std::function<at::Tensor(int64_t k, int s)> stage;  // rk4: the input of stage s = 1, 2, 3 of step k (conv dtype)
   std::function<at::Tensor(int64_t k, int s)> aux;    // evaluation s (0-based) of step k
+
+  at::Tensor conv_input(int64_t k) const { return input ? input(k) : state(k); }
+  at::Tensor low_copy(int64_t k) const { return input ? input(k) : at::Tensor(); }  // a Combination's out_low
 };
 
 // Steps [begin, end) forward from tape.state(begin); leapfrog also needs the state before, u_{begin - 1}.
@@ -45,8 +51,8 @@ class Adjoint {
   virtual at::Tensor finish() = 0;
 };
 
-// One per method; grad_out: dL/du_N in the internal layout (read, never written). The adjoints commit every row
-// to grads.
+// One per method; grad_out: dL/du_N in the internal layout and the state dtype (read, never written). The
+// adjoints commit every row to grads.
 std::unique_ptr<Adjoint> make_euler_adjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads,
                                             const at::Tensor& grad_out);
 std::unique_ptr<Adjoint> make_rk4_adjoint(const Problem& p, Stages& st, const Weights& w, Grads& grads,

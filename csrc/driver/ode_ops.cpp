@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <array>
 #include <cmath>
@@ -16,6 +17,12 @@
 
 namespace contres {
 namespace {
+
+// The ops' numerics are a function of their inputs alone: torch.autocast, when on, must not recast the
+// convolutions inside them (the caller chooses the dtypes, see contres.functional).
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
 
 Dims check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h, const Config& cfg,
                   Interp interp, int64_t n_steps) {
@@ -60,21 +67,50 @@ Dims check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   return d;
 }
 
-Problem make_problem(const Config& cfg, const Dims& d, double h, const at::Tensor& x, bool fused_conv = false) {
+// The convolutions' dtype: x's, or (mixed precision, CPU) bfloat16 or float16 with float32 x.
+Dtypes check_conv_dtype(const at::Tensor& x, std::optional<at::ScalarType> conv_dtype) {
+  const at::ScalarType state = x.scalar_type(), conv = conv_dtype.value_or(state);
+  const Dtypes dtypes{state, conv};
+  TORCH_CHECK_TYPE(!dtypes.mixed() || (state == at::kFloat && (conv == at::kBFloat16 || conv == at::kHalf)),
+                   "contres: conv_dtype must be x's dtype, or bfloat16 or float16 with float32 x (mixed "
+                   "precision); got conv_dtype ", c10::toString(conv), " with x of dtype ", c10::toString(state));
+  TORCH_CHECK_TYPE(!dtypes.mixed() || !x.is_cuda(), "contres: mixed precision (conv_dtype ", c10::toString(conv),
+                   " with float32 x) runs on the CPU only; on CUDA pass x, weight and bias in one dtype");
+  return dtypes;
+}
+
+Problem make_problem(const Call& call, const at::Tensor& x) {
+  const Dims& d = call.dims;
   Problem p;
-  p.fused_conv = fused_conv;
-  p.cfg = cfg;
-  p.h = h;
+  p.fused_conv = call.fused_conv;
+  p.cfg = call.cfg;
+  p.h = call.h;
   p.n_steps = d.n_steps;
   p.B = d.B.expect_int(), p.C = d.C.expect_int(), p.H = d.H.expect_int(), p.W = d.W.expect_int();
   p.pad = d.k.expect_int() / 2;
   p.opts = x.options();
+  p.conv_opts = x.options().dtype(call.dtypes.conv);
   return p;
+}
+
+// The kernels and biases at the stage times, in the convolution dtype (cast once per call in mixed precision).
+Weights weights_of(const Problem& p, const Call& call, const at::Tensor& weight, const at::Tensor& bias) {
+  return Weights(weight, bias, interpolation_rows(call.interp, p.cfg.method, p.n_steps, weight.size(0)),
+                 p.conv_dtype());
+}
+
+// The first evaluation's input: x_in in the convolution dtype and the internal layout (one pass in mixed
+// precision), x (x_in in the internal layout) otherwise.
+at::Tensor conv_input_of(const Problem& p, const at::Tensor& x_in, const at::Tensor& x) {
+  if (!p.mixed()) return x;
+  return x_in.to(x_in.options().dtype(p.conv_dtype()), false, false, kLayout);
 }
 
 // grad_out, states and aux against x, the arguments and the table: anything the forward did not make is refused.
 void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& states,
-                           const at::Tensor& aux, const Config& cfg, const Dims& d) {
+                           const at::Tensor& aux, const Call& call) {
+  const Config& cfg = call.cfg;
+  const Dims& d = call.dims;
   TORCH_CHECK_VALUE(cfg.memory != Memory::None, "contres: a forward with memory='none' keeps nothing for a backward; "
                     "run it with memory='states' or 'reversible' to differentiate it");
   TORCH_CHECK_VALUE(grad_out.sym_sizes() == x.sym_sizes(), "contres: grad_out must have x's shape ",
@@ -86,33 +122,35 @@ void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x, cons
   const SavedCounts n = saved_counts(cfg, d.n_steps);
   const std::string states_what = "the forward's saved states for these arguments (" + std::to_string(n.states) +
                                   " states of x's shape, channels_last)";
-  check_matches(states, states_spec(cfg, d, x.scalar_type()), x.device(), "states", states_what.c_str());
+  check_matches(states, states_spec(cfg, d, call.dtypes), x.device(), "states", states_what.c_str());
   const std::string aux_what = "the forward's saved aux for these arguments (" + std::to_string(n.aux) + " entries of " +
                                name_of(n.aux == 0 ? Aux::None : cfg.aux()) + ")";
-  check_matches(aux, aux_spec(cfg, d, x.scalar_type()), x.device(), "aux", aux_what.c_str());
+  check_matches(aux, aux_spec(cfg, d, call.dtypes), x.device(), "aux", aux_what.c_str());
 }
 
 // States not kept, in turn with u_N's own buffer: u_k lives in slot (N - k) % depth, slot 0 being `last`, so the
 // last step writes u_N where it belongs. The passes read every element of a combination's inputs before writing it
 // (kernels.h), so Euler writes u_{k+1} over u_k (one slot) and leapfrog u_{k+1} over u_{k-1} (two); rk4 forms its
 // stage inputs from u_k while it sums u_{k+1}, and a fused cuDNN graph's convolution reads neighbours of what its
-// epilogue writes: two slots for those.
+// epilogue writes: two slots for those. Mixed precision: u_k's convolution input, written by the pass that writes
+// u_k and read by the evaluations at u_k alone, in two slots of its own (last: undefined where no u_N is written).
 class Scratch {
  public:
   Scratch(const Problem& p, const at::Tensor& last)
       : p_(p), depth_(p.cfg.method == Method::Euler && !p.fused_conv ? 1 : 2) {
-    ring_[0] = last;
+    states_[0] = last;
   }
-  at::Tensor state(int64_t k) {
-    at::Tensor& t = ring_[(p_.n_steps - k) % depth_];
-    if (!t.defined()) t = empty_state(p_);
-    return t;
-  }
+  at::Tensor state(int64_t k) { return slot(states_[(p_.n_steps - k) % depth_], false); }
+  at::Tensor input(int64_t k) { return slot(inputs_[k % 2], true); }
 
  private:
+  at::Tensor slot(at::Tensor& t, bool conv) {
+    if (!t.defined()) t = conv ? empty_conv_state(p_) : empty_state(p_);
+    return t;
+  }
   const Problem& p_;
   int64_t depth_;
-  std::array<at::Tensor, 2> ring_;
+  std::array<at::Tensor, 2> states_, inputs_;
 };
 
 // Where checkpoint stride s keeps u_k, or -1. Leapfrog with s > 1 also keeps the state before each point.
@@ -127,11 +165,12 @@ int64_t checkpoint_slot(const Config& cfg, int64_t n_steps, int64_t k) {
 // The saved tape of a full-storage forward (checkpoint 0): u_0 = x, then the stack.
 int64_t full_state_slot(Method method, int64_t k) { return method == Method::Rk4 ? 4 * k - 1 : k - 1; }
 
-Tape saved_tape(const Problem& p, const at::Tensor& x, const at::Tensor& states, const at::Tensor& aux) {
+// The adjoint's tape of a full-storage forward: what the convolutions read (x_in: the first one's input).
+Tape saved_tape(const Problem& p, const at::Tensor& x_in, const at::Tensor& states, const at::Tensor& aux) {
   const int64_t S = stages_per_step(p.cfg.method);
   const Method m = p.cfg.method;
   Tape t;
-  t.state = [=](int64_t k) { return k == 0 ? x : states[full_state_slot(m, k)]; };
+  t.state = [=](int64_t k) { return k == 0 ? x_in : states[full_state_slot(m, k)]; };
   t.stage = [=](int64_t k, int s) { return states[4 * k + s - 1]; };
   t.aux = [=](int64_t k, int s) { return aux.numel() == 0 ? at::Tensor() : aux[k * S + s]; };
   return t;
@@ -164,24 +203,46 @@ Dims dims_of(const Problem& p) {
 }
 
 // Checkpointed backward: each segment [c, c + s) replayed from its kept state(s) with full storage, last first.
-void replay_segments(const Problem& p, Stages& st, const Weights& w, const at::Tensor& x, const at::Tensor& states,
-                     Adjoint& adjoint) {
+// Mixed precision: the kept states are running states (state dtype); the segment keeps its convolution inputs,
+// the first cast from the kept state, and runs its own states in scratch.
+void replay_segments(const Problem& p, Stages& st, const Weights& w, const at::Tensor& x, const at::Tensor& x_in,
+                     const at::Tensor& states, Adjoint& adjoint) {
   const Config& cfg = p.cfg;
   const int64_t s = cfg.checkpoint, N = p.n_steps, S = stages_per_step(cfg.method);
   const int64_t len = std::min(s, N);  // a stride beyond n_steps is one segment
   const Dims d = dims_of(p);
-  const at::Tensor seg_states = allocate(state_stack_spec(std::max<int64_t>(len - 1, 0), d, x.scalar_type()), p.opts);
+  const at::ScalarType conv = p.conv_dtype();
+  const at::Tensor seg_states = allocate(state_stack_spec(std::max<int64_t>(len - 1, 0), d, conv), p.conv_opts);
   const at::Tensor seg_stages =
-      allocate(state_stack_spec(cfg.method == Method::Rk4 ? 3 * len : 0, d, x.scalar_type()), p.opts);
-  const at::Tensor seg_aux = allocate(aux_stack_spec(cfg.aux(), S * len, d, x.scalar_type()), p.opts);
+      allocate(state_stack_spec(cfg.method == Method::Rk4 ? 3 * len : 0, d, conv), p.conv_opts);
+  const at::Tensor seg_aux = allocate(aux_stack_spec(cfg.aux(), S * len, d, conv), p.conv_opts);
+  Scratch scratch(p, at::Tensor());
+  at::Tensor first_input;  // mixed: the kept state of the segment being replayed, cast
   auto kept = [&](int64_t k) { return k == 0 ? x : states[checkpoint_slot(cfg, N, k)]; };
   for (int64_t c = ((N - 1) / s) * s; c >= 0; c -= s) {
     const int64_t end = std::min(c + s, N);
     Tape t;
-    t.state = [&, c, end](int64_t k) {
-      if (k == c) return kept(c);
-      return k < end ? seg_states[k - c - 1] : at::Tensor();
-    };
+    if (p.mixed()) {
+      if (c == 0) {
+        first_input = x_in;
+      } else {
+        if (!first_input.defined() || first_input.is_same(x_in)) first_input = empty_conv_state(p);
+        st.to_conv(first_input, kept(c));
+      }
+      t.state = [&, c, end](int64_t k) {
+        if (k == c) return kept(c);
+        return k < end ? scratch.state(k) : at::Tensor();
+      };
+      t.input = [&, c, end](int64_t k) {
+        if (k == c) return first_input;
+        return k < end ? seg_states[k - c - 1] : at::Tensor();
+      };
+    } else {
+      t.state = [&, c, end](int64_t k) {
+        if (k == c) return kept(c);
+        return k < end ? seg_states[k - c - 1] : at::Tensor();
+      };
+    }
     t.stage = [&, c](int64_t k, int i) { return seg_stages[3 * (k - c) + i - 1]; };
     t.aux = [&, c](int64_t k, int i) { return seg_aux.numel() == 0 ? at::Tensor() : seg_aux[S * (k - c) + i]; };
     const at::Tensor before = c == 0 ? x : (cfg.method == Method::Leapfrog && s > 1 ? kept(c - 1) : at::Tensor());
@@ -191,27 +252,37 @@ void replay_segments(const Problem& p, Stages& st, const Weights& w, const at::T
 }
 
 // memory="reversible" (leapfrog): walks back from u_{N-1}, u_N, recomputing u_{k-1} = 2 u_k - u_{k+1} + h^2 f(u_k)
-// with the evaluation the adjoint of step k needs anyway. Returns max|u_0 recomputed - x| / max|x|.
-at::Tensor reversible_walk(const Problem& p, Stages& st, const Weights& w, const at::Tensor& x,
+// with the evaluation the adjoint of step k needs anyway. Returns max|u_0 recomputed - x| / max|x|. Mixed
+// precision: the walk runs on the float states; the pass that recomputes u_{k-1} also writes its convolution input.
+at::Tensor reversible_walk(const Problem& p, Stages& st, const Weights& w, const at::Tensor& x, const at::Tensor& x_in,
                            const at::Tensor& states, Adjoint& adjoint) {
   const int64_t N = p.n_steps;
   const Dims d = dims_of(p);
-  const at::Tensor aux = allocate(aux_stack_spec(p.cfg.aux(), 1, d, x.scalar_type()), p.opts);
+  const at::Tensor aux = allocate(aux_stack_spec(p.cfg.aux(), 1, d, p.conv_dtype()), p.conv_opts);
   const at::Tensor aux0 = aux.numel() == 0 ? at::Tensor() : aux[0];
   at::Tensor drift = at::zeros({}, p.opts);
-  std::array<at::Tensor, 3> ring;  // u_j lives in ring[j % 3] once recomputed
-  at::Tensor u_next = states[1], u = states[0];
+  std::array<at::Tensor, 3> ring, ring_in;  // u_j (mixed: and its convolution input) in slot j % 3 once recomputed
+  auto slot = [&p](std::array<at::Tensor, 3>& r, int64_t j, bool conv) {
+    at::Tensor& t = r[j % 3];
+    if (!t.defined()) t = conv ? empty_conv_state(p) : empty_state(p);
+    return t;
+  };
+  at::Tensor u_next = states[1], u = states[0], u_in = u;
+  if (p.mixed()) {
+    u_in = slot(ring_in, N - 1, true);
+    st.to_conv(u_in, u);
+  }
   const double h2 = p.h * p.h;
   for (int64_t k = N - 1; k >= 0; --k) {
-    at::Tensor u_prev;
+    at::Tensor u_prev, u_prev_in;
     Combination comb;
     if (k >= 1) {
-      at::Tensor& slot = ring[(k - 1) % 3];
-      if (!slot.defined()) slot = empty_state(p);
-      u_prev = slot;
+      u_prev = slot(ring, k - 1, false);
+      u_prev_in = p.mixed() ? slot(ring_in, k - 1, true) : u_prev;
       comb.out = u_prev, comb.x0 = u, comb.c0 = 2, comb.x1 = u_next, comb.c1 = -1, comb.alpha = h2;
+      if (p.mixed()) comb.out_low = u_prev_in;
     }
-    const at::Tensor U = k == 0 ? x : u;  // the real input for the first step's gradients
+    const at::Tensor U = k == 0 ? x_in : u_in;  // the real input for the first step's gradients
     st.forward(U, w.K(k), w.b(k), comb, aux0);
     Tape t;
     t.state = [&U](int64_t) { return U; };
@@ -220,6 +291,7 @@ at::Tensor reversible_walk(const Problem& p, Stages& st, const Weights& w, const
     if (k == 1) drift = (u_prev - x).abs().max() / x.abs().max().clamp_min(1e-30);
     u_next = u;
     u = u_prev;
+    u_in = u_prev_in;
   }
   return drift;
 }
@@ -230,14 +302,14 @@ ForwardResult forward_impl(const at::Tensor& x_in, const at::Tensor& weight_in, 
                            const Call& call) {
   const Config& cfg = call.cfg;
   const Dims& d = call.dims;
-  const Problem p = make_problem(cfg, d, call.h, x_in, call.fused_conv);
+  const Problem p = make_problem(call, x_in);
   const at::Tensor x = x_in.contiguous(kLayout);
-  const Weights w(weight_in, bias_in, interpolation_rows(call.interp, cfg.method, d.n_steps, weight_in.size(0)));
+  const Weights w = weights_of(p, call, weight_in, bias_in);
   // The output keeps the input's layout; the last step writes into it directly when that is the internal one.
   const at::Tensor out = at::empty_like(x_in, at::MemoryFormat::Preserve);
   const at::Tensor last = out.is_contiguous(kLayout) ? out : empty_state(p);
-  const at::Tensor states = allocate(states_spec(cfg, d, x.scalar_type()), p.opts);
-  const at::Tensor aux = allocate(aux_spec(cfg, d, x.scalar_type()), p.opts);
+  const at::Tensor states = allocate(states_spec(cfg, d, call.dtypes), p.opts);
+  const at::Tensor aux = allocate(aux_spec(cfg, d, call.dtypes), p.opts);
   if (x.numel() == 0) return {out, states, aux};
 
   const int64_t N = p.n_steps, S = stages_per_step(cfg.method);
@@ -245,19 +317,29 @@ ForwardResult forward_impl(const at::Tensor& x_in, const at::Tensor& weight_in, 
   Scratch scratch(p, last);
   std::array<at::Tensor, 2> stage_scratch;  // rk4's U4 takes U2's buffer: U2 is read before U4 is written
   Tape t;
+  // Mixed precision: the running states are scratch (full storage keeps the convolution inputs), and each
+  // state's pass also writes the next convolution's input.
   t.state = [&](int64_t k) -> at::Tensor {
     if (k == 0) return x;
     if (k == N) return last;
-    if (full) return states[full_state_slot(cfg.method, k)];
+    if (full) return p.mixed() ? scratch.state(k) : states[full_state_slot(cfg.method, k)];
     if (cfg.memory == Memory::None) return scratch.state(k);
     if (cfg.memory == Memory::Reversible) return k == N - 1 ? states[0] : scratch.state(k);
     const int64_t slot = checkpoint_slot(cfg, N, k);
     return slot >= 0 ? states[slot] : scratch.state(k);
   };
+  const at::Tensor x_input = conv_input_of(p, x_in, x);
+  if (p.mixed()) {
+    t.input = [&](int64_t k) -> at::Tensor {
+      if (k == 0) return x_input;
+      if (k == N) return at::Tensor();  // no convolution reads u_N
+      return full ? states[full_state_slot(cfg.method, k)] : scratch.input(k);
+    };
+  }
   t.stage = [&](int64_t k, int s) -> at::Tensor {
     if (full) return states[4 * k + s - 1];
     at::Tensor& buf = stage_scratch[(s - 1) % 2];
-    if (!buf.defined()) buf = empty_state(p);
+    if (!buf.defined()) buf = empty_conv_state(p);
     return buf;
   };
   t.aux = [&](int64_t k, int s) { return aux.numel() == 0 ? at::Tensor() : aux[k * S + s]; };
@@ -275,25 +357,28 @@ BackwardResult backward_impl(const at::Tensor& grad_out, const at::Tensor& x_in,
                              const at::Tensor& bias_in, const at::Tensor& states, const at::Tensor& aux,
                              const Call& call) {
   const Config& cfg = call.cfg;
-  const Problem p = make_problem(cfg, call.dims, call.h, x_in, call.fused_conv);
-  const at::Tensor x = x_in.contiguous(kLayout);
-  const Weights w(weight_in, bias_in, interpolation_rows(call.interp, cfg.method, p.n_steps, weight_in.size(0)));
-  Grads grads(w);
+  const Problem p = make_problem(call, x_in);
+  // x itself: the first convolution's input (one dtype), or where a replay or the reversible walk starts.
+  const bool need_x = !p.mixed() || cfg.checkpoint > 0 || cfg.memory == Memory::Reversible;
+  const at::Tensor x = need_x ? x_in.contiguous(kLayout) : at::Tensor();
+  const Weights w = weights_of(p, call, weight_in, bias_in);
+  Grads grads(w);  // in the controls' (the state's) dtype: mixed precision sums the low-precision ones in float
   at::Tensor drift = at::zeros({}, p.opts);
-  if (x.numel() == 0) {
+  if (x_in.numel() == 0) {
     auto [grad_w, grad_b] = grads.finish();
     return {at::zeros_like(x_in, at::MemoryFormat::Preserve), grad_w, grad_b, drift};
   }
 
-  const at::Tensor lam = grad_out.to(x.scalar_type()).contiguous(kLayout);
+  const at::Tensor lam = grad_out.to(x_in.scalar_type()).contiguous(kLayout);
+  const at::Tensor x_input = conv_input_of(p, x_in, x);
   Stages st(p);
   const std::unique_ptr<Adjoint> adjoint = make_adjoint(p, st, w, grads, lam);
   if (cfg.memory == Memory::Reversible) {
-    drift = reversible_walk(p, st, w, x, states, *adjoint);
+    drift = reversible_walk(p, st, w, x, x_input, states, *adjoint);
   } else if (cfg.checkpoint == 0) {
-    adjoint->steps(saved_tape(p, x, states, aux), 0, p.n_steps);
+    adjoint->steps(saved_tape(p, x_input, states, aux), 0, p.n_steps);
   } else {
-    replay_segments(p, st, w, x, states, *adjoint);
+    replay_segments(p, st, w, x, x_input, states, *adjoint);
   }
   const at::Tensor gx = adjoint->finish();
   auto [grad_w, grad_b] = grads.finish();
@@ -305,11 +390,13 @@ BackwardResult backward_impl(const at::Tensor& grad_out, const at::Tensor& x_in,
 
 Call check_call(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h,
                 c10::string_view layer, c10::string_view activation, int64_t checkpoint, c10::string_view norm,
-                c10::string_view method, c10::string_view memory, c10::string_view interp, int64_t n_steps) {
+                c10::string_view method, c10::string_view memory, c10::string_view interp, int64_t n_steps,
+                std::optional<at::ScalarType> conv_dtype) {
   Call call;
   call.cfg = parse_config(method, layer, activation, norm, memory, checkpoint);
   call.interp = parse<Interp>(interp);
   call.dims = check_inputs(x, weight, bias, h, call.cfg, call.interp, n_steps);
+  call.dtypes = check_conv_dtype(x, conv_dtype);
   call.h = h;
   return call;
 }
@@ -319,10 +406,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(const at::Tensor& x, 
                                                            c10::string_view activation, int64_t checkpoint,
                                                            c10::string_view norm, c10::string_view method,
                                                            c10::string_view memory, c10::string_view interp,
-                                                           int64_t n_steps) {
+                                                           int64_t n_steps, std::optional<at::ScalarType> conv_dtype) {
   const c10::DeviceGuard device(x.device());  // x's GPU current for the passes and ATen's convolutions
+  const NoAutocast no_autocast;
   const Call call = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory, interp,
-                               n_steps);
+                               n_steps, conv_dtype);
 #ifdef CONTRES_WITH_CUDA
   if (x.is_cuda()) return cuda_forward(x, weight, bias, call);
 #endif
@@ -334,11 +422,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
     int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory,
-    c10::string_view interp, int64_t n_steps) {
+    c10::string_view interp, int64_t n_steps, std::optional<at::ScalarType> conv_dtype) {
   const c10::DeviceGuard device(x.device());
+  const NoAutocast no_autocast;
   const Call call = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory, interp,
-                               n_steps);
-  check_backward_inputs(grad_out, x, states, aux, call.cfg, call.dims);
+                               n_steps, conv_dtype);
+  check_backward_inputs(grad_out, x, states, aux, call);
 #ifdef CONTRES_WITH_CUDA
   if (x.is_cuda()) return cuda_backward(grad_out, x, weight, bias, states, aux, call);
 #endif
@@ -351,22 +440,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward_meta(const at::Tensor
                                                                 c10::string_view layer, c10::string_view activation,
                                                                 int64_t checkpoint, c10::string_view norm,
                                                                 c10::string_view method, c10::string_view memory,
-                                                                c10::string_view interp, int64_t n_steps) {
-  const Call c = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory, interp,
-                               n_steps);
-  return {at::empty_like(x, at::MemoryFormat::Preserve),
-          allocate(states_spec(c.cfg, c.dims, x.scalar_type()), x.options()),
-          allocate(aux_spec(c.cfg, c.dims, x.scalar_type()), x.options())};
+                                                                c10::string_view interp, int64_t n_steps,
+                                                                std::optional<at::ScalarType> conv_dtype) {
+  const Call c = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory, interp, n_steps,
+                            conv_dtype);
+  return {at::empty_like(x, at::MemoryFormat::Preserve), allocate(states_spec(c.cfg, c.dims, c.dtypes), x.options()),
+          allocate(aux_spec(c.cfg, c.dims, c.dtypes), x.options())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward_meta(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
     const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
     int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory,
-    c10::string_view interp, int64_t n_steps) {
-  const Call c = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory, interp,
-                               n_steps);
-  check_backward_inputs(grad_out, x, states, aux, c.cfg, c.dims);
+    c10::string_view interp, int64_t n_steps, std::optional<at::ScalarType> conv_dtype) {
+  const Call c = check_call(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory, interp, n_steps,
+                            conv_dtype);
+  check_backward_inputs(grad_out, x, states, aux, c);
   return {at::empty_like(x, at::MemoryFormat::Preserve), at::empty_like(weight, at::MemoryFormat::Contiguous),
           at::empty_like(bias, at::MemoryFormat::Contiguous), at::empty({}, x.options())};
 }

@@ -16,16 +16,19 @@ void rk4_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& tape,
     const at::Tensor u = tape.state(k), acc = tape.state(k + 1);  // acc becomes u_{k+1} (undefined: not wanted)
     const at::Tensor U2 = tape.stage(k, 1), U3 = tape.stage(k, 2), U4 = tape.stage(k, 3);
     const int64_t t0 = 2 * k, half = 2 * k + 1, t1 = 2 * k + 2;
-    auto comb = [&](const at::Tensor& out, double alpha, const at::Tensor& y0, double beta) {
+    // The stage inputs are convolution inputs only: in mixed precision the pass writes them in that dtype alone.
+    auto comb = [&](const at::Tensor& stage_input, double alpha, const at::Tensor& y0, double beta) {
       Combination c;
-      if (out.defined()) c.out = out, c.x0 = u, c.alpha = alpha;
+      if (stage_input.defined()) (p.mixed() ? c.out_low : c.out) = stage_input, c.x0 = u, c.alpha = alpha;
       if (acc.defined()) c.out2 = acc, c.y0 = y0, c.beta = beta;
       return c;
     };
-    st.forward(u, w.K(t0), w.b(t0), comb(U2, h / 2, u, h / 6), tape.aux(k, 0));
+    st.forward(tape.conv_input(k), w.K(t0), w.b(t0), comb(U2, h / 2, u, h / 6), tape.aux(k, 0));
     st.forward(U2, w.K(half), w.b(half), comb(U3, h / 2, acc, h / 3), tape.aux(k, 1));
     st.forward(U3, w.K(half), w.b(half), comb(U4, h, acc, h / 3), tape.aux(k, 2));
-    st.forward(U4, w.K(t1), w.b(t1), comb(at::Tensor(), 0, acc, h / 6), tape.aux(k, 3));
+    Combination last;  // u_{k+1} = acc + h/6 k4, with its copy for the next step's convolution
+    if (acc.defined()) last.out = acc, last.x0 = acc, last.alpha = h / 6, last.out_low = tape.low_copy(k + 1);
+    st.forward(U4, w.K(t1), w.b(t1), last, tape.aux(k, 3));
   }
 }
 
@@ -46,11 +49,11 @@ class Rk4Adjoint final : public Adjoint {
       // lam = dL/du_{k+1} = lam + mu1 of the step after, formed in mu1's buffer by stage 4's pass.
       Upstream up4;
       up4.lam = lam_, up4.mu = mu_, up4.scale = h / 6;
-      if (mu_.defined()) up4.sum_out = mu_;
+      if (mu_.defined()) up4.sum_out = st_.sum_target(mu_);
       const at::Tensor mu4 = adjoint(up4, tape.stage(k, 3), t1, 3);
       if (mu_.defined()) {
-        if (lam_owned_) spare_ = lam_;  // its content now lives in mu1's buffer
-        lam_ = mu_, lam_owned_ = true;
+        if (lam_owned_) spare_ = lam_;  // its content now lives in the sum's buffer
+        lam_ = up4.sum_out, lam_owned_ = true;
       }
       at::Tensor acc = spare_.defined() ? spare_ : empty_state(p_);
       spare_ = at::Tensor();
@@ -65,14 +68,14 @@ class Rk4Adjoint final : public Adjoint {
       // w1 = h/6 (lam + 3 mu2); acc += mu2
       Upstream up1;
       up1.lam = lam_, up1.mu = mu2, up1.c_mu = 3, up1.scale = h / 6, up1.sum_in = acc, up1.sum_out = acc;
-      mu_ = adjoint(up1, tape.state(k), t0, 0);
+      mu_ = adjoint(up1, tape.conv_input(k), t0, 0);
       // dL/du_k = acc + mu1, formed by the next step's stage 4 (or finish)
       if (lam_owned_) spare_ = lam_;
       lam_ = acc, lam_owned_ = true;
     }
   }
 
-  at::Tensor finish() override { return mu_.add_(lam_); }
+  at::Tensor finish() override { return st_.add(lam_, mu_); }
 
  private:
   const Problem& p_;

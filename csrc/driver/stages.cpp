@@ -1,8 +1,10 @@
 #include "stages.h"
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 
 #include <optional>
+#include <vector>
 
 #include "../kernels.h"
 #ifdef CONTRES_WITH_CUDNN_FUSION
@@ -12,7 +14,9 @@
 namespace contres {
 namespace {
 
+// Each pass is a named range in torch.profiler's traces (what bench/profile_cpu.py sums); free when no profiler runs.
 void run(const ForwardPass& pass) {
+  RECORD_FUNCTION("contres::forward_pass", std::vector<c10::IValue>());
 #ifdef CONTRES_WITH_CUDA
   if (pass.z.is_cuda()) return forward_pass_cuda(pass);
 #endif
@@ -21,6 +25,7 @@ void run(const ForwardPass& pass) {
 }
 
 bool run(const GatePass& pass) {  // whether the pass reduced the bias gradient
+  RECORD_FUNCTION("contres::gate_pass", std::vector<c10::IValue>());
 #ifdef CONTRES_WITH_CUDA
   if (pass.lam.is_cuda()) return gate_pass_cuda(pass);
 #endif
@@ -29,6 +34,7 @@ bool run(const GatePass& pass) {  // whether the pass reduced the bias gradient
 }
 
 void run(const TvForwardPass& pass) {
+  RECORD_FUNCTION("contres::tv_forward_pass", std::vector<c10::IValue>());
 #ifdef CONTRES_WITH_CUDA
   if (pass.z.is_cuda()) return tv_forward_pass_cuda(pass);
 #endif
@@ -37,6 +43,7 @@ void run(const TvForwardPass& pass) {
 }
 
 void run(const TvGatePass& pass) {
+  RECORD_FUNCTION("contres::tv_gate_pass", std::vector<c10::IValue>());
 #ifdef CONTRES_WITH_CUDA
   if (pass.lam.is_cuda()) return tv_gate_pass_cuda(pass);
 #endif
@@ -63,6 +70,10 @@ void activation_out(const at::Tensor& a, const at::Tensor& z, Act act) {
 
 at::Tensor empty_state(const Problem& p) {
   return at::empty({p.B, p.C, p.H, p.W}, p.opts.memory_format(kLayout));
+}
+
+at::Tensor empty_conv_state(const Problem& p) {
+  return at::empty({p.B, p.C, p.H, p.W}, p.conv_opts.memory_format(kLayout));
 }
 
 at::Tensor Stages::conv(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b) const {
@@ -117,7 +128,8 @@ void Stages::forward(const at::Tensor& U, const at::Tensor& K, const at::Tensor&
   }
   if (!comb.any()) return;
   const at::Tensor y = at::conv_transpose2d(a, K, {}, {1, 1}, {p_.pad, p_.pad});
-  if (comb.out.defined() && !comb.x1.defined() && !comb.out2.defined() && comb.c0 == 1) {  // Euler's update
+  if (comb.out.defined() && !comb.out_low.defined() && !comb.x1.defined() && !comb.out2.defined() &&
+      comb.c0 == 1) {  // Euler's update
     at::Tensor out = comb.out;
     at::add_out(out, comb.x0, y, -comb.alpha);
     return;
@@ -150,7 +162,7 @@ at::Tensor Stages::adjoint(const Upstream& up, const at::Tensor& U, const at::Te
   const Config& cfg = p_.cfg;
   const bool tv = cfg.norm == Norm::Tv;
   if (cfg.layer == Layer::Single) {
-    if (!g_buffer_.defined()) g_buffer_ = empty_state(p_);
+    if (!g_buffer_.defined()) g_buffer_ = empty_conv_state(p_);
     gate(up, tv ? at::Tensor() : aux, tv ? as_state(aux) : at::Tensor(), g_buffer_, db, accumulate);
     auto [mu, dK_k] = conv_backward(g_buffer_, U, K, want_mu);
     write_grad(dK, dK_k, accumulate);
@@ -158,7 +170,11 @@ at::Tensor Stages::adjoint(const Upstream& up, const at::Tensor& U, const at::Te
   }
   // double_sym: f = -convT(a, K), a = act(z): with v = dL/df / scale, q = conv(v, K), g = -scale act'(z) q.
   at::Tensor v = up.lam;
-  if (up.mu.defined()) {
+  if (p_.mixed()) {  // v is a convolution's input: formed (or cast) in the convolution dtype
+    if (!v_buffer_.defined()) v_buffer_ = empty_conv_state(p_);
+    v = v_buffer_;
+    combine(v, up.lam, up.mu, up.c_mu, 1, up.sum_in, up.sum_out);
+  } else if (up.mu.defined()) {
     if (up.sum_out.defined() && !up.sum_in.defined() && up.c_mu == 1) {
       v = up.sum_out;  // the running sum is v itself
       combine(v, up.lam, up.mu, 1);
@@ -178,6 +194,8 @@ at::Tensor Stages::adjoint(const Upstream& up, const at::Tensor& U, const at::Te
   auto [unused, dK_convT] = conv_backward(a, v, K, false);
   if (accumulate) {
     at::Tensor(dK).add_(dK_conv).add_(dK_convT, -up.scale);
+  } else if (dK.scalar_type() != dK_conv.scalar_type()) {  // mixed: the sum in dK's (the state's) dtype
+    at::Tensor(dK).copy_(dK_conv).add_(dK_convT, -up.scale);
   } else {
     at::Tensor out = dK;
     at::add_out(out, dK_conv, dK_convT, -up.scale);
@@ -189,6 +207,19 @@ void Stages::combine(const at::Tensor& out, const at::Tensor& lam, const at::Ten
                      const at::Tensor& sum_in, const at::Tensor& sum_out) {
   GatePass pass{lam, mu, c_mu, {}, Act::Identity, Aux::None, scale, out, sum_in, sum_out, {}, p_.C};
   run(pass);
+}
+
+at::Tensor Stages::sum_target(const at::Tensor& mu) {
+  if (mu.scalar_type() == p_.opts.dtype().toScalarType()) return mu;
+  for (const at::Tensor& t : sum_buffers_)
+    if (t.use_count() == 1 && t.storage().use_count() == 1) return t;  // only this list holds it
+  sum_buffers_.push_back(empty_state(p_));
+  return sum_buffers_.back();
+}
+
+at::Tensor Stages::add(const at::Tensor& lam, const at::Tensor& mu) {
+  if (mu.scalar_type() == lam.scalar_type()) return at::Tensor(mu).add_(lam);
+  return at::add(lam, mu);  // mixed: promotes to the state dtype
 }
 
 }  // namespace contres

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 #include "../config.h"
 #include "../kernels.h"  // Combination: what a forward evaluation writes
@@ -18,8 +19,11 @@ struct Problem {
   Config cfg;
   double h = 0;
   int64_t n_steps = 0, B = 0, C = 0, H = 0, W = 0, pad = 0;
-  at::TensorOptions opts;  // the state's dtype and device
+  at::TensorOptions opts;       // the state's dtype and device
+  at::TensorOptions conv_opts;  // the convolutions' operands: weight's dtype (mixed precision: not the state's)
   bool fused_conv = false;  // CUDA: run each step's convolution with its elementwise work as fused cuDNN graphs
+  bool mixed() const { return conv_opts.dtype() != opts.dtype(); }
+  at::ScalarType conv_dtype() const { return conv_opts.dtype().toScalarType(); }
 };
 
 // Every state-sized tensor inside the ops is channels_last; the x-shaped outputs (u_N, dL/dx) keep x's own
@@ -28,7 +32,8 @@ struct Problem {
 // reorders to its blocked layouts and back on every call.
 constexpr at::MemoryFormat kLayout = at::MemoryFormat::ChannelsLast;
 
-at::Tensor empty_state(const Problem& p);  // one state-sized tensor in the internal layout
+at::Tensor empty_state(const Problem& p);       // one state-sized tensor in the internal layout
+at::Tensor empty_conv_state(const Problem& p);  // the same in the convolution dtype
 
 // The upstream of one evaluation's adjoint: dL/df = scale * (lam + c_mu * mu); the same pass also forms the
 // methods' running sum sum_out = sum_in + mu (sum_in undefined: lam) when sum_out is defined.
@@ -42,13 +47,13 @@ class Stages {
  public:
   explicit Stages(const Problem& p) : p_(p) {}
 
-  // f evaluated at U with kernel K and bias b, written as `comb` says, and its aux into aux_out when defined
-  // (the kind of the table; a recomputation may ask for the aux alone).
+  // f evaluated at U (in the convolution dtype) with kernel K and bias b, written as `comb` says, and its aux
+  // into aux_out when defined (the kind of the table; a recomputation may ask for the aux alone).
   void forward(const at::Tensor& U, const at::Tensor& K, const at::Tensor& b, const Combination& comb,
                const at::Tensor& aux_out);
 
   // The adjoint of the evaluation f(U) (aux: its kept aux): returns mu = J_f(U)^T dL/df (undefined unless
-  // want_mu), and writes dL/dK into dK and dL/db into db, or adds them when accumulate.
+  // want_mu; in the convolution dtype), and writes dL/dK into dK and dL/db into db, or adds them when accumulate.
   at::Tensor adjoint(const Upstream& up, const at::Tensor& U, const at::Tensor& K, const at::Tensor& aux,
                      const at::Tensor& dK, const at::Tensor& db, bool accumulate, bool want_mu);
 
@@ -56,6 +61,14 @@ class Stages {
   // (the identity's gate).
   void combine(const at::Tensor& out, const at::Tensor& lam, const at::Tensor& mu, double c_mu, double scale = 1,
                const at::Tensor& sum_in = {}, const at::Tensor& sum_out = {});
+
+  // Where the methods' adjoints form a running sum lam + mu (the next lam, in the state dtype): mu's own buffer
+  // when it has the state dtype, else a state buffer of this Stages that nothing else holds any more.
+  at::Tensor sum_target(const at::Tensor& mu);
+  // lam + mu in the state dtype (dL/dx at the end of an adjoint); may reuse mu's buffer.
+  at::Tensor add(const at::Tensor& lam, const at::Tensor& mu);
+  // u in the convolution dtype, written into out (one pass; mixed precision).
+  void to_conv(const at::Tensor& out, const at::Tensor& u) { combine(out, u, at::Tensor(), 1); }
 
   // The convolution with the problem's padding (+ b when defined), and its gradients: dL/dK of conv(input, K)
   // under upstream g, and dL/dinput when want_input.
@@ -70,7 +83,8 @@ class Stages {
   void write_grad(const at::Tensor& target, const at::Tensor& value, bool accumulate) const;
 
   const Problem& p_;
-  at::Tensor g_buffer_, v_buffer_;  // reused across evaluations
+  at::Tensor g_buffer_, v_buffer_;  // reused across evaluations (convolution dtype)
+  std::vector<at::Tensor> sum_buffers_;  // sum_target's state buffers (mixed precision)
 };
 
 }  // namespace contres

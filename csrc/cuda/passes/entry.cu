@@ -38,6 +38,7 @@ __global__ void unpack_mask_kernel(const uint8_t* __restrict__ bits, uint8_t* __
 }  // namespace cuda_detail
 
 void forward_pass_cuda(const ForwardPass& p) {
+  TORCH_CHECK(!p.comb.out_low.defined(), "contres: internal error: mixed precision runs on the CPU only");
   if (p.z.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(p.z.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.z.scalar_type(), "contres_forward_pass_cuda",

@@ -169,6 +169,7 @@ int64_t tv_blocks(int64_t pixels, int G) {
 
 void tv_forward_pass_cuda(const TvForwardPass& p) {
   using namespace cuda_detail;
+  TORCH_CHECK(!p.comb.out_low.defined(), "contres: internal error: mixed precision runs on the CPU only");
   if (p.z.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.z.scalar_type(), "contres_tv_forward_cuda", [&] {
     TvForwardArgs<scalar_t> a;
