@@ -197,6 +197,42 @@ def test_cuda_inference_on_every_path(conv, graphs):
         contres.set_cuda_paths(**old)
 
 
+@pytest.mark.skipif(not CUDA_OK, reason=CUDA_SKIP_REASON)
+def test_cuda_caches_keep_memory_bounded_over_many_shapes():
+    """Training over 21 shapes of one size (H x W = 576) on the CUDA graphs of the fused cuDNN graphs, with the
+    graph cache held to 4 keys and the plan cache to 16 plans: both stay within their limits, and the memory the
+    process holds after the last shape is no more than after the first four (the evicted graphs' pools and
+    plans are given back)."""
+    old_paths = contres.cuda_paths()
+    graph_limits = contres.cuda_graph_cache_stats()
+    plan_limit = contres.cudnn_plan_cache_stats()["max_plans"]
+    torch.manual_seed(7)
+    block = contres.ODEBlock(8, n_steps=2, backend="fused").cuda()
+    shapes = [(h, 576 // h) for h in range(1, 577) if 576 % h == 0]
+    try:
+        contres.empty_cuda_graph_cache()
+        contres.empty_cudnn_plan_cache()
+        contres.set_cuda_graph_cache_limit(max_keys=4, max_instances=4)
+        contres.set_cudnn_plan_cache_limit(16)
+        contres.set_cuda_paths(conv="fused", graphs="on")
+        held = []
+        for i, (h, w) in enumerate(shapes):
+            x = torch.randn(2, 8, h, w, device="cuda")
+            for _ in range(3):  # warm-up, capture, replay
+                xi = x.clone().requires_grad_()
+                block(xi).square().sum().backward()
+            torch.cuda.synchronize()
+            g, p = contres.cuda_graph_cache_stats(), contres.cudnn_plan_cache_stats()
+            assert g["keys"] <= 4 and g["instances"] <= 4 and p["plans"] <= 16, (i, g, p)
+            held.append(torch.cuda.memory_allocated())
+        assert max(held[4:]) <= max(held[:4]) + (1 << 20), held
+    finally:
+        contres.set_cuda_paths(**old_paths)
+        contres.set_cuda_graph_cache_limit(graph_limits["max_keys"], graph_limits["max_instances"])
+        contres.set_cudnn_plan_cache_limit(plan_limit)
+        contres.empty_cuda_graph_cache()
+
+
 # ---------------------------------------------------------------------------------------------- reversible
 
 def _reversible_saved_u(N, M, interp, shape=(4, 8, 12, 12)):
