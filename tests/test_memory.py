@@ -316,3 +316,11 @@ def test_op_with_controls_checks_n_steps():
     with pytest.raises(ValueError, match="n_steps = 4 disagrees with the 3 rows"):
         torch.ops.contres.ode_forward(*args, "none", 4)
     assert torch.equal(torch.ops.contres.ode_forward(*args, "none", 3)[0], torch.ops.contres.ode_forward(*args)[0])
+    # a step count past 2^31 - 1 is refused at once (the rows are formed one at a time, in 64-bit products)
+    for method in ("euler", "rk4"):
+        margs = args[:8] + (method, "states")
+        for n in (2 ** 31, 2 ** 62):
+            with pytest.raises(ValueError, match="n_steps and the number of controls .* at most 2147483647"):
+                torch.ops.contres.ode_forward(*margs, "constant", n)
+            with pytest.raises(ValueError, match="at most 2147483647"):
+                torch.ops.contres.ode_backward(x, x, w, b, torch.empty(0), torch.empty(0), *margs[3:], "linear", n)

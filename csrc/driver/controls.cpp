@@ -9,47 +9,42 @@
 
 namespace contres {
 
-std::vector<RowMix> interpolation_rows(Interp interp, Method method, int64_t n_steps, int64_t n_controls) {
-  std::vector<RowMix> rows;
-  if (interp == Interp::None) {  // the op's rows are the kernels themselves
-    for (int64_t i = 0; i < n_controls; ++i) rows.push_back({i, 0});
-    return rows;
-  }
-  const int64_t M = n_controls, n_times = stage_times(method, n_steps);
-  const int64_t q = method == Method::Rk4 ? 2 * n_steps : n_steps;  // stage time i is t = (i / q) T
-  for (int64_t p = 0; p < n_times; ++p) {
-    if (interp == Interp::Constant || M == 1) {
-      rows.push_back({std::min(p * M / q, M - 1), 0});
-      continue;
-    }
-    const int64_t j = std::min(p * (M - 1) / q, M - 2);
-    const double a = static_cast<double>(p * (M - 1) - j * q) / static_cast<double>(q);  // s - j, s = p (M - 1) / q
-    rows.push_back(a == 1 ? RowMix{j + 1, 0} : RowMix{j, a});  // a = 1 only at t = T (rk4's last half step)
-  }
-  return rows;
+Interpolation::Interpolation(Interp interp, Method method, int64_t n_steps, int64_t n_controls)
+    : interp_(interp),
+      n_controls_(n_controls),
+      q_(method == Method::Rk4 ? 2 * n_steps : n_steps),
+      n_rows_(interp == Interp::None ? n_controls : stage_times(method, n_steps)) {}
+
+RowMix Interpolation::row(int64_t p) const {
+  TORCH_INTERNAL_ASSERT(p >= 0 && p < n_rows_, "contres: internal error: row ", p, " of ", n_rows_);
+  const int64_t M = n_controls_, q = q_;
+  if (interp_ == Interp::None) return {p, 0};  // the op's rows are the kernels themselves
+  if (interp_ == Interp::Constant || M == 1) return {std::min(p * M / q, M - 1), 0};
+  const int64_t j = std::min(p * (M - 1) / q, M - 2);
+  const double a = static_cast<double>(p * (M - 1) - j * q) / static_cast<double>(q);  // s - j, s = p (M - 1) / q
+  return a == 1 ? RowMix{j + 1, 0} : RowMix{j, a};  // a = 1 only at t = T (rk4's last half step)
 }
 
-Weights::Weights(const at::Tensor& weight, const at::Tensor& bias, std::vector<RowMix> rows,
-                 at::ScalarType conv_dtype)
+Weights::Weights(const at::Tensor& weight, const at::Tensor& bias, Interpolation rows, at::ScalarType conv_dtype)
     : weight_(weight.contiguous()),
       bias_(bias.contiguous()),
       conv_weight_(weight_.to(conv_dtype)),
       conv_bias_(bias_.to(conv_dtype)),
-      rows_(std::move(rows)) {}
+      rows_(rows) {}
 
 at::Tensor Weights::K(int64_t row) const {
-  const RowMix& r = rows_.at(row);
+  const RowMix r = rows_.row(row);
   return r.a == 0 ? conv_weight_[r.j] : mixed(row).K;
 }
 
 at::Tensor Weights::b(int64_t row) const {
-  const RowMix& r = rows_.at(row);
+  const RowMix r = rows_.row(row);
   return r.a == 0 ? conv_bias_[r.j] : mixed(row).b;
 }
 
 const Weights::Mixed& Weights::mixed(int64_t row) const {
   if (row != mixed_.row) {  // new tensors: one handed out before may still be held
-    const RowMix& r = rows_[row];
+    const RowMix r = rows_.row(row);
     const at::ScalarType conv = conv_weight_.scalar_type();
     mixed_ = {row, at::lerp(weight_[r.j], weight_[r.j + 1], r.a).to(conv),
               at::lerp(bias_[r.j], bias_[r.j + 1], r.a).to(conv)};
@@ -64,14 +59,14 @@ Grads::Grads(const Weights& w)
       written_(static_cast<size_t>(w.controls().size(0)), false) {}
 
 Grads::Slot Grads::slot(int64_t row, bool may_accumulate) {
-  const RowMix& r = w_.rows().at(row);
+  const RowMix r = w_.rows().row(row);
   if (r.a == 0 && (may_accumulate || !written_[r.j])) return {weight_[r.j], bias_[r.j], bool(written_[r.j])};
   if (!scratch_K_.defined()) scratch_K_ = at::empty_like(weight_[0]), scratch_b_ = at::empty_like(bias_[0]);
   return {scratch_K_, scratch_b_, false};
 }
 
 void Grads::commit(int64_t row, const Slot& slot) {
-  const RowMix& r = w_.rows().at(row);
+  const RowMix r = w_.rows().row(row);
   if (!slot.dK.is_same(scratch_K_)) {  // written in place
     written_[r.j] = true;
     return;

@@ -23,19 +23,30 @@ struct RowMix {
 };
 
 // The rows of W for n_steps steps of the method from n_controls controls (the identity for Interp::None, where
-// the rows are the controls): reference.control_weights_at's rule, in the same integer arithmetic.
-std::vector<RowMix> interpolation_rows(Interp interp, Method method, int64_t n_steps, int64_t n_controls);
+// the rows are the controls): reference.control_weights_at's rule, in the same integer arithmetic, one row at a
+// time (nothing of size n_steps is formed). The op's input checks bound n_steps and n_controls by kMaxSteps, so
+// the products below fit in 64 bits.
+class Interpolation {
+ public:
+  static constexpr int64_t kMaxSteps = (int64_t(1) << 31) - 1;
+  Interpolation(Interp interp, Method method, int64_t n_steps, int64_t n_controls);
+  RowMix row(int64_t i) const;
+
+ private:
+  Interp interp_;
+  int64_t n_controls_, q_, n_rows_;  // stage time i is t = (i / q) T
+};
 
 // The kernel and bias at each row, from the controls, in the convolutions' dtype (mixed precision: the controls
 // are cast once per call, and a row of two controls is mixed in their own dtype, then cast, as autocast would).
 class Weights {
  public:
-  Weights(const at::Tensor& weight, const at::Tensor& bias, std::vector<RowMix> rows, at::ScalarType conv_dtype);
+  Weights(const at::Tensor& weight, const at::Tensor& bias, Interpolation rows, at::ScalarType conv_dtype);
   at::Tensor K(int64_t row) const;  // a view of a control where the row is one, else a new tensor (never reused,
   at::Tensor b(int64_t row) const;  // so a caller may keep it)
   const at::Tensor& controls() const { return weight_; }  // as given (their dtype is the gradients')
   const at::Tensor& control_biases() const { return bias_; }
-  const std::vector<RowMix>& rows() const { return rows_; }
+  const Interpolation& rows() const { return rows_; }
 
  private:
   struct Mixed {
@@ -45,7 +56,7 @@ class Weights {
   const Mixed& mixed(int64_t row) const;  // the last row of two controls, formed once (rk4 reads one twice)
   at::Tensor weight_, bias_;  // contiguous
   at::Tensor conv_weight_, conv_bias_;  // the same in the convolution dtype (the same tensors when it is theirs)
-  std::vector<RowMix> rows_;
+  Interpolation rows_;
   mutable Mixed mixed_;
 };
 

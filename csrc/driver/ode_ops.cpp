@@ -44,6 +44,9 @@ Dims check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
     TORCH_CHECK_VALUE(n_steps >= 1, "contres: interp='", name_of(interp), "' interpolates the controls in weight to "
                       "the stage times of n_steps steps; n_steps must be >= 1, got ", n_steps);
     TORCH_CHECK_VALUE(rows >= 1, "contres: weight must hold at least one control, got weight.size(0) = 0");
+    TORCH_CHECK_VALUE(n_steps <= Interpolation::kMaxSteps && rows <= Interpolation::kMaxSteps, "contres: n_steps and "
+                      "the number of controls (weight.size(0)) must be at most ", Interpolation::kMaxSteps, ", got ",
+                      n_steps, " and ", rows);
     d.n_steps = n_steps;
   } else if (cfg.method == Method::Rk4) {
     TORCH_CHECK_VALUE(rows >= 3 && rows % 2 == 1, "contres: method='rk4' takes the kernels at the 2N + 1 half steps "
@@ -95,8 +98,7 @@ Problem make_problem(const Call& call, const at::Tensor& x) {
 
 // The kernels and biases at the stage times, in the convolution dtype (cast once per call in mixed precision).
 Weights weights_of(const Problem& p, const Call& call, const at::Tensor& weight, const at::Tensor& bias) {
-  return Weights(weight, bias, interpolation_rows(call.interp, p.cfg.method, p.n_steps, weight.size(0)),
-                 p.conv_dtype());
+  return Weights(weight, bias, Interpolation(call.interp, p.cfg.method, p.n_steps, weight.size(0)), p.conv_dtype());
 }
 
 // The first evaluation's input: x_in in the convolution dtype and the internal layout (one pass in mixed
