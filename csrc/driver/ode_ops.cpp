@@ -136,20 +136,22 @@ void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x, cons
 // stage inputs from u_k while it sums u_{k+1}, and a fused cuDNN graph's convolution reads neighbours of what its
 // epilogue writes: two slots for those. Mixed precision: u_k's convolution input, written by the pass that writes
 // u_k and read by the evaluations at u_k alone, in two slots of its own (last: undefined where no u_N is written).
+// t, allocated on first use: a state-sized buffer in the state dtype, or the convolution dtype when conv.
+const at::Tensor& lazy_buffer(at::Tensor& t, const Problem& p, bool conv) {
+  if (!t.defined()) t = conv ? empty_conv_state(p) : empty_state(p);
+  return t;
+}
+
 class Scratch {
  public:
   Scratch(const Problem& p, const at::Tensor& last)
       : p_(p), depth_(p.cfg.method == Method::Euler && !p.fused_conv ? 1 : 2) {
     states_[0] = last;
   }
-  at::Tensor state(int64_t k) { return slot(states_[(p_.n_steps - k) % depth_], false); }
-  at::Tensor input(int64_t k) { return slot(inputs_[k % 2], true); }
+  at::Tensor state(int64_t k) { return lazy_buffer(states_[(p_.n_steps - k) % depth_], p_, false); }
+  at::Tensor input(int64_t k) { return lazy_buffer(inputs_[k % 2], p_, true); }
 
  private:
-  at::Tensor slot(at::Tensor& t, bool conv) {
-    if (!t.defined()) t = conv ? empty_conv_state(p_) : empty_state(p_);
-    return t;
-  }
   const Problem& p_;
   int64_t depth_;
   std::array<at::Tensor, 2> states_, inputs_;
@@ -228,8 +230,7 @@ void replay_segments(const Problem& p, Stages& st, const Weights& w, const at::T
       if (c == 0) {
         first_input = x_in;
       } else {
-        if (!first_input.defined() || first_input.is_same(x_in)) first_input = empty_conv_state(p);
-        st.to_conv(first_input, kept(c));
+        st.to_conv(lazy_buffer(first_input, p, true), kept(c));  // c = 0, whose input is x_in, comes last
       }
       t.state = [&, c, end](int64_t k) {
         if (k == c) return kept(c);
@@ -264,14 +265,9 @@ at::Tensor reversible_walk(const Problem& p, Stages& st, const Weights& w, const
   const at::Tensor aux0 = aux.numel() == 0 ? at::Tensor() : aux[0];
   at::Tensor drift = at::zeros({}, p.opts);
   std::array<at::Tensor, 3> ring, ring_in;  // u_j (mixed: and its convolution input) in slot j % 3 once recomputed
-  auto slot = [&p](std::array<at::Tensor, 3>& r, int64_t j, bool conv) {
-    at::Tensor& t = r[j % 3];
-    if (!t.defined()) t = conv ? empty_conv_state(p) : empty_state(p);
-    return t;
-  };
   at::Tensor u_next = states[1], u = states[0], u_in = u;
   if (p.mixed()) {
-    u_in = slot(ring_in, N - 1, true);
+    u_in = lazy_buffer(ring_in[(N - 1) % 3], p, true);
     st.to_conv(u_in, u);
   }
   const double h2 = p.h * p.h;
@@ -279,8 +275,8 @@ at::Tensor reversible_walk(const Problem& p, Stages& st, const Weights& w, const
     at::Tensor u_prev, u_prev_in;
     Combination comb;
     if (k >= 1) {
-      u_prev = slot(ring, k - 1, false);
-      u_prev_in = p.mixed() ? slot(ring_in, k - 1, true) : u_prev;
+      u_prev = lazy_buffer(ring[(k - 1) % 3], p, false);
+      u_prev_in = p.mixed() ? lazy_buffer(ring_in[(k - 1) % 3], p, true) : u_prev;
       comb.out = u_prev, comb.x0 = u, comb.c0 = 2, comb.x1 = u_next, comb.c1 = -1, comb.alpha = h2;
       if (p.mixed()) comb.out_low = u_prev_in;
     }
@@ -340,9 +336,7 @@ ForwardResult forward_impl(const at::Tensor& x_in, const at::Tensor& weight_in, 
   }
   t.stage = [&](int64_t k, int s) -> at::Tensor {
     if (full) return states[4 * k + s - 1];
-    at::Tensor& buf = stage_scratch[(s - 1) % 2];
-    if (!buf.defined()) buf = empty_conv_state(p);
-    return buf;
+    return lazy_buffer(stage_scratch[(s - 1) % 2], p, true);
   };
   t.aux = [&](int64_t k, int s) { return aux.numel() == 0 ? at::Tensor() : aux[k * S + s]; };
   Stages st(p);
