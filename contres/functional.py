@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from . import _ext, adjoint, ops, reference
+from . import _ext, adjoint, chain, ops, reference
 from .reference import ACTIVATIONS, INTERPS, LAYERS, MEMORIES, METHODS, NORMS
 
 BACKENDS = ("auto", "fused", "reference")
@@ -56,10 +56,37 @@ def check_method(method, memory, checkpoint=False) -> None:
                              f"got checkpoint={checkpoint!r}")
 
 
+def _check_layer(layer) -> None:
+    if isinstance(layer, str):
+        _check_choice("layer", layer, LAYERS)
+    else:
+        chain.stages_of(layer)
+
+
+def chain_options(layer, activation: str, norm: str, norm_eps, norm_groups, norm_affine, time_channel):
+    """The reference's Chain for these arguments, or None when they are a preset's (the presets' own rhs)."""
+    eps = chain.check_norm_options(norm, norm_eps, norm_groups, norm_affine)
+    if not isinstance(time_channel, bool):
+        raise ValueError(f"time_channel must be a bool, got {time_channel!r}")
+    preset = chain.is_preset(layer) and norm in ("none", "tv") and eps == reference.TV_EPS and not norm_affine \
+        and not time_channel and activation != "softplus"
+    if preset:
+        return None
+    return reference.Chain(chain.stages_of(layer, norm), activation, norm, eps, norm_groups, norm_affine,
+                           time_channel)
+
+
+def _first_conv_maps_to_hidden(stages: tuple) -> bool:
+    convs = [i for i, s in enumerate(stages) if s == "conv"]
+    return len(convs) > 1 or "conv_t" in stages[convs[0] + 1:] if convs else False
+
+
 def validate(x, weight, bias, *, T, n_steps, layer, activation, interp, backend, norm="none", method="euler",
-             memory="states", checkpoint=False) -> None:
-    """Raise a clear error naming the bad argument; never touches the tensors' data."""
-    _check_choice("layer", layer, LAYERS)
+             memory="states", checkpoint=False, params=None, norm_eps=None, norm_groups=None, norm_affine=False,
+             time_channel=False) -> list:
+    """Raise a clear error naming the bad argument; never touches the tensors' data. Returns the chain's other
+    parameters (params, a dict by name) in the op's order."""
+    _check_layer(layer)
     _check_choice("activation", activation, ACTIVATIONS)
     _check_choice("interp", interp, INTERPS)
     _check_choice("norm", norm, NORMS)
@@ -67,6 +94,9 @@ def validate(x, weight, bias, *, T, n_steps, layer, activation, interp, backend,
     check_method(method, memory, checkpoint)
     _check_positive_int("n_steps", n_steps)
     _check_final_time(T)
+    chain.check_norm_options(norm, norm_eps, norm_groups, norm_affine)
+    if not isinstance(time_channel, bool):
+        raise ValueError(f"time_channel must be a bool, got {time_channel!r}")
     for name, t in (("x", x), ("weight", weight), ("bias", bias)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -75,22 +105,50 @@ def validate(x, weight, bias, *, T, n_steps, layer, activation, interp, backend,
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
     C = x.shape[1]
-    if weight.dim() != 5 or weight.shape[1] != C or weight.shape[2] != C or weight.shape[3] != weight.shape[4]:
-        raise ValueError(f"weight must have shape (n_controls, {C}, {C}, k, k) for x with {C} channels, "
+    if weight.dim() != 5 or weight.shape[3] != weight.shape[4]:
+        raise ValueError(f"weight must have shape (n_controls, out, in, k, k) for x with {C} channels, "
                          f"got {tuple(weight.shape)}")
     k = weight.shape[-1]
     if k % 2 == 0:
         raise ValueError(f"weight's kernel size must be odd (1, 3, 5, 7, ...), got {k}")
+    stages = chain.stages_of(layer, norm)
+    hidden = weight.shape[1] if _first_conv_maps_to_hidden(stages) else C
+    plan = chain.make_plan(layer, C, hidden_channels=hidden, kernel_size=k, norm=norm, norm_groups=norm_groups,
+                           norm_affine=norm_affine, time_channel=time_channel)
     M = weight.shape[0]
     if M < 1:
         raise ValueError("weight must hold at least one control (n_controls >= 1)")
-    if bias.dim() != 2 or tuple(bias.shape) != (M, C):
-        raise ValueError(f"bias must have shape (n_controls, channels) = ({M}, {C}), got {tuple(bias.shape)}")
-    for name, t in (("weight", weight), ("bias", bias)):
+    want_w = (M, *plan.params[0].shape)
+    if tuple(weight.shape) != want_w:
+        raise ValueError(f"weight must have shape {want_w} = (n_controls, out, in, k, k) for x with {C} channels "
+                         f"and this layer, got {tuple(weight.shape)}")
+    if bias.dim() != 2 or tuple(bias.shape) != (M, *plan.params[1].shape):
+        raise ValueError(f"bias must have shape (n_controls, channels) = ({M}, {plan.params[1].shape[0]}), got "
+                         f"{tuple(bias.shape)}")
+    given = {} if params is None else params
+    if not isinstance(given, dict):
+        raise TypeError(f"params must be a dict of the chain's other parameters by name, got {type(given).__name__}")
+    names = [spec.name for spec in plan.params[2:]]
+    missing, unexpected = [n for n in names if n not in given], [n for n in given if n not in names]
+    if missing or unexpected:
+        raise ValueError(f"params must hold exactly the chain's other parameters {names}; missing {missing}, "
+                         f"unexpected {unexpected}")
+    ordered = []
+    for spec in plan.params[2:]:
+        t = given[spec.name]
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"params[{spec.name!r}] must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != (M, *spec.shape):
+            raise ValueError(f"params[{spec.name!r}] (stage {spec.stage}, {spec.kind}) must have shape "
+                             f"{(M, *spec.shape)}, got {tuple(t.shape)}")
+        ordered.append(t)
+    for name, t in (("weight", weight), ("bias", bias), *((f"params[{s.name!r}]", t)
+                                                          for s, t in zip(plan.params[2:], ordered))):
         if t.dtype != x.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but x has dtype {x.dtype}; they must match")
         if t.device != x.device:
             raise RuntimeError(f"{name} is on {t.device} but x is on {x.device}; they must be on one device")
+    return ordered
 
 
 def _under_grad_transform() -> bool:
@@ -147,7 +205,7 @@ def resolve_backend(backend: str, device: torch.device, norm: str = "none") -> s
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")  # a literal: torch.compile traces it on every torch
 
 
-def _autocast_inputs(x, weight, bias, autocast_state: str = "float32"):
+def _autocast_inputs(x, weight, bias, autocast_state: str = "float32", params=None):
     """(x, weight, bias, conv_dtype): the block's inputs under torch.autocast, and the dtype its convolutions run
     in when that differs from the state's (None otherwise).
 
@@ -159,14 +217,17 @@ def _autocast_inputs(x, weight, bias, autocast_state: str = "float32"):
     the inputs' dtypes."""
     if (not isinstance(x, torch.Tensor) or x.device.type not in _AUTOCAST_DEVICES
             or not torch.is_autocast_enabled(x.device.type)):
-        return x, weight, bias, None
+        return x, weight, bias, params, None
     dtype = torch.get_autocast_dtype(x.device.type)
+    names = list(params) if isinstance(params, dict) else []
     if autocast_state == "float32" and x.device.type == "cpu" and x.dtype == torch.float32:
         low = (torch.bfloat16, torch.float16)  # low-precision parameters: interpolated in float32, like x
-        params = [t.float() if isinstance(t, torch.Tensor) and t.dtype in low else t for t in (weight, bias)]
-        return (x, *params, dtype)
-    cast = [t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in (x, weight, bias)]
-    return (*cast, None)
+        cast = lambda t: t.float() if isinstance(t, torch.Tensor) and t.dtype in low else t  # noqa: E731
+        out = [cast(t) for t in (weight, bias, *(params[n] for n in names))]
+        return (x, out[0], out[1], dict(zip(names, out[2:])) if isinstance(params, dict) else params, dtype)
+    cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+    out = [cast(t) for t in (x, weight, bias, *(params[n] for n in names))]
+    return (*out[:3], dict(zip(names, out[3:])) if isinstance(params, dict) else params, None)
 
 
 def needs_grad(*tensors) -> bool:
@@ -176,12 +237,17 @@ def needs_grad(*tensors) -> bool:
 
 
 def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: float = 1.0, n_steps: int,
-              layer: str = "single", activation: str = "relu", interp: str = "constant", backend: str = "auto",
+              layer="single", activation: str = "relu", interp: str = "constant", backend: str = "auto",
               checkpoint=False, gradient: str = "discrete", norm: str = "none", method: str = "euler",
-              memory: str = "states", autocast_state: str = "float32") -> torch.Tensor:
+              memory: str = "states", autocast_state: str = "float32", params=None, norm_eps=None,
+              norm_groups=None, norm_affine: bool = False, time_channel: bool = False) -> torch.Tensor:
     """n_steps steps of the method for du/dt = f(u, theta(t)) on [0, T] (docs/math.md).
 
     x: (B, C, H, W); weight: controls (n_controls, C, C, k, k); bias: (n_controls, C).
+    layer: "single", "double_sym", or a tuple of stages (contres.chain: "conv", "conv_t", "bias", "norm", "act",
+    "neg"), applied in order; then weight and bias are the first conv's and `params` a dict of the chain's other
+    parameters by name (weight2, bias2, shift, norm_weight, ...; contres.chain.make_plan gives their shapes), each
+    with the controls as its leading dimension.
     method: 'euler' (forward Euler), 'rk4' (classic Runge-Kutta; the controls are interpolated at every stage
     time, so with interp='constant' and several controls stage 4 of a step ending at a switch already sees the next
     control, which makes it first-order accurate: docs/math.md 4.5), or 'leapfrog' (u_{k+1} = 2 u_k - u_{k-1}
@@ -199,11 +265,15 @@ def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: f
     inference_mode, or no input requiring grad) keeps nothing: each state is written over one before it (Euler
     keeps one buffer, leapfrog and rk4 two, rk4 also two for its stages), and it returns the output alone.
     gradient: 'discrete' (the exact gradient of this discrete network, Discretize-Optimize) or 'continuous'
-    (Optimize-Discretize, euler only: the adjoint ODE solved backward with its own Euler steps, see
+    (Optimize-Discretize, euler and the presets only: the adjoint ODE solved backward with its own Euler steps, see
     contres.adjoint; an O(h) approximation for comparisons, computed with the reference step function whatever
     the backend, and ignoring checkpoint).
-    norm: 'none', or 'tv': each pixel's channel vector of z = conv(u) + b is divided by its length,
-    z / sqrt(sum_c z^2 + reference.TV_EPS), before the activation.
+    norm: 'none'; 'tv' (each pixel's channel vector divided by its length, z / sqrt(sum_c z^2 + norm_eps)),
+    'group' (per sample and group of channels, as torch.nn.functional.group_norm, norm_groups groups, default
+    min(32, width)) or 'instance' (one group per channel): a norm stage of the chain; the presets put one after
+    their conv. norm_eps: None (1e-3 for tv, 1e-5 for group and instance) or > 0. norm_affine: a learned
+    per-channel scale and shift after each norm. time_channel: every conv also reads t, the stage time, as a
+    constant input channel 0 (zero-padded like the rest: torch.cat([t * 1, z], 1)).
     autocast_state: what torch.autocast does to the block. 'float32' (default): what it does to the convolutions
     and adds the block is made of, per op -- on the CPU, with float32 x, the state u stays float32 and the output
     is float32, the convolutions run in the autocast dtype (bf16 or fp16) with float accumulation, and the
@@ -213,15 +283,19 @@ def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: f
     autocast.
     """
     _check_choice("autocast_state", autocast_state, AUTOCAST_STATES)
-    x, weight, bias, conv_dtype = _autocast_inputs(x, weight, bias, autocast_state)
-    validate(x, weight, bias, T=T, n_steps=n_steps, layer=layer, activation=activation, interp=interp,
-             backend=backend, norm=norm, method=method, memory=memory, checkpoint=checkpoint)
+    x, weight, bias, params, conv_dtype = _autocast_inputs(x, weight, bias, autocast_state, params)
+    ordered = validate(x, weight, bias, T=T, n_steps=n_steps, layer=layer, activation=activation, interp=interp,
+                       backend=backend, norm=norm, method=method, memory=memory, checkpoint=checkpoint,
+                       params=params, norm_eps=norm_eps, norm_groups=norm_groups, norm_affine=norm_affine,
+                       time_channel=time_channel)
+    spec = chain_options(layer, activation, norm, norm_eps, norm_groups, norm_affine, time_channel)
     _check_choice("gradient", gradient, GRADIENTS)
     stride = checkpoint_stride(checkpoint, n_steps)
-    differentiable = needs_grad(x, weight, bias)
-    if gradient == "continuous" and method != "euler":
-        raise ValueError(f"gradient='continuous' solves Euler's adjoint ODE; it is defined for method='euler' "
-                         f"only, got method={method!r} (use gradient='discrete')")
+    differentiable = needs_grad(x, weight, bias, *ordered)
+    if gradient == "continuous" and (method != "euler" or spec is not None):
+        raise ValueError(f"gradient='continuous' solves Euler's adjoint ODE of a preset; it is defined for "
+                         f"method='euler' only, and the presets 'single' and 'double_sym' (norm 'none' or 'tv'), got "
+                         f"method={method!r}, layer={layer!r} (use gradient='discrete')")
     if gradient == "continuous" and differentiable:  # without a gradient to take, the forward is the same
         if _under_grad_transform():
             raise RuntimeError("gradient='continuous' cannot run under torch.func.grad / vjp / jacrev / jvp: its "
@@ -231,8 +305,10 @@ def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: f
                                             activation=activation, interp=interp, norm=norm)
     if resolve_backend(backend, x.device, norm) == "reference":
         return reference.ode_block(x, weight, bias, T=T, n_steps=n_steps, layer=layer, activation=activation,
-                                   interp=interp, norm=norm, method=method)
+                                   interp=interp, norm=norm, method=method, params=ordered, chain=spec)
     if not differentiable:
         memory, stride = INFERENCE_MEMORY, 0
-    return ops.ode_forward(x, weight, bias, float(T) / n_steps, layer, activation, stride, norm, method, memory, interp,
-                           n_steps, conv_dtype)[0]
+    op_layer = layer if isinstance(layer, str) else chain.layer_string(tuple(layer))
+    return ops.ode_forward(x, weight, bias, float(T) / n_steps, op_layer, activation, stride, norm, method, memory,
+                           interp, n_steps, conv_dtype, ordered, norm_eps, norm_groups or 0, norm_affine,
+                           time_channel)[0]

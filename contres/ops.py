@@ -1,10 +1,17 @@
 """Typed wrappers of the compiled ops and their autograd.
 
 torch.ops.contres.ode_forward(x, weight, bias, h, layer, activation, checkpoint, norm="none", method="euler",
-    memory="states", interp="none", n_steps=0, conv_dtype=None) -> (u_N, states, aux)
+    memory="states", interp="none", n_steps=0, conv_dtype=None, params=[], norm_eps=None, norm_groups=0,
+    norm_affine=False, time_channel=False) -> (u_N, states, aux)
 torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint,
-    norm="none", method="euler", memory="states", interp="none", n_steps=0, conv_dtype=None)
-    -> (grad_x, grad_weight, grad_bias, drift)
+    norm="none", method="euler", memory="states", interp="none", n_steps=0, conv_dtype=None, params=[],
+    norm_eps=None, norm_groups=0, norm_affine=False, time_channel=False)
+    -> (grad_x, grad_weight, grad_bias, drift, grad_params)
+
+layer: "single", "double_sym", or a chain of stages joined by commas ("conv,norm,act", contres.chain): then weight
+and bias are the first conv's and params the chain's other parameters in order, each with the same rows; norm_eps
+(None: the norm's default), norm_groups (0: min(32, width)), norm_affine and time_channel its options. `aux` is a
+list: one tensor per kept slot (a preset keeps at most one).
 
 With interp="none", weight (rows, C, C, k, k) and bias (rows, C) are the kernels at the method's stage times
 (already interpolated: rows = N, or 2N + 1 for rk4, see reference.stage_times). With interp="constant" or
@@ -32,16 +39,20 @@ _LAST_DRIFT: list = [None]
 
 def ode_forward(x, weight, bias, h: float, layer: str, activation: str, checkpoint: int, norm: str = "none",
                 method: str = "euler", memory: str = "states", interp: str = "none", n_steps: int = 0,
-                conv_dtype=None):
+                conv_dtype=None, params=(), norm_eps=None, norm_groups: int = 0, norm_affine: bool = False,
+                time_channel: bool = False):
     return torch.ops.contres.ode_forward(x, weight, bias, h, layer, activation, checkpoint, norm, method, memory,
-                                         interp, n_steps, conv_dtype)
+                                         interp, n_steps, conv_dtype, list(params), norm_eps, norm_groups,
+                                         norm_affine, time_channel)
 
 
 def ode_backward(grad_out, x, weight, bias, states, aux, h: float, layer: str, activation: str, checkpoint: int,
                  norm: str = "none", method: str = "euler", memory: str = "states", interp: str = "none",
-                 n_steps: int = 0, conv_dtype=None):
-    return torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux, h, layer, activation, checkpoint,
-                                          norm, method, memory, interp, n_steps, conv_dtype)
+                 n_steps: int = 0, conv_dtype=None, params=(), norm_eps=None, norm_groups: int = 0,
+                 norm_affine: bool = False, time_channel: bool = False):
+    return torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, list(aux), h, layer, activation,
+                                          checkpoint, norm, method, memory, interp, n_steps, conv_dtype, list(params),
+                                          norm_eps, norm_groups, norm_affine, time_channel)
 
 
 def last_paths() -> dict:
@@ -81,50 +92,110 @@ def last_reversible_drift():
     return _LAST_DRIFT[0]
 
 
-def _differentiable_backward(grad_out, x, weight, bias, h, layer, activation, _checkpoint, norm, method, _memory,
-                             interp, n_steps, conv_dtype):
+def _differentiable_backward(grad_out, x, weight, bias, params, h, layer, activation, norm, method, interp, n_steps,
+                             conv_dtype, norm_eps, norm_groups, norm_affine, time_channel):
     """The adjoint as an autograd graph, for higher-order gradients (gradient penalties, Hessian-vector
     products): the compiled adjoint is not differentiable itself, so the block is recomputed with the reference
     and differentiated with create_graph=True, exact at the reference's speed and memory. None for the inputs
     that do not require grad."""
-    needs = [t.requires_grad for t in (x, weight, bias)]
+    from . import chain, functional  # functional imports this module
+
+    inputs = [x, weight, bias, *params]
+    needs = [t.requires_grad for t in inputs]
+    stages = layer if layer in chain.PRESETS else tuple(layer.split(","))
+    spec = functional.chain_options(stages, activation, norm, norm_eps, norm_groups or None, norm_affine,
+                                    time_channel)
     # mixed precision: the reference under autocast to conv_dtype has the same numerics per op
     mixed = contextlib.nullcontext() if conv_dtype in (None, x.dtype) else torch.autocast(x.device.type, conv_dtype)
     with torch.enable_grad(), mixed:
-        leaves = [t if t.requires_grad else t.detach().requires_grad_() for t in (x, weight, bias)]
-        K, b = leaves[1:]
+        leaves = [t if t.requires_grad else t.detach().requires_grad_() for t in inputs]
+        rows = leaves[1:]
         if interp != "none":
-            K, b = reference.interpolate_controls(K, b, n_steps, interp, method)
-        out = reference.integrate(leaves[0], K, b, h, layer, activation, norm, method)
+            rows = reference.interpolate_params(rows, n_steps, interp, method)
+        out = reference.integrate(leaves[0], rows[0], rows[1], h, stages, activation, norm, method, params=rows[2:],
+                                  chain=spec)
         grads = torch.autograd.grad(out, leaves, grad_out, create_graph=True)
     return tuple(g if need else None for g, need in zip(grads, needs))
 
 
+# The op's inputs after x, weight and bias: h, layer, activation, checkpoint, norm, method, memory, interp, n_steps,
+# conv_dtype, then params, then norm_eps, norm_groups, norm_affine, time_channel, with their defaults (the
+# dispatcher hands autograd the arguments given, trailing defaults left out).
+_DEFAULTS = (None, None, None, None, "none", "euler", "states", "none", 0, None, None, None, 0, False, False)
+_PARAMS_AT = 10
+
+
+def _given(inputs) -> int:
+    """How many of the inputs the dispatcher handed autograd: it leaves out trailing arguments equal to their
+    defaults, and the backward returns one gradient per argument it kept."""
+    schema = torch.ops.contres.ode_forward.default._schema.arguments
+    n = len(inputs)
+    while n > 0 and schema[n - 1].has_default_value():
+        value, default = inputs[n - 1], schema[n - 1].default_value
+        if isinstance(value, (list, tuple)) or value != default:
+            break
+        n -= 1
+    return n
+
+
 def _register():
     def _setup_context(ctx, inputs, output):
-        x, weight, bias, *config = inputs
+        x, weight, bias, *rest = inputs
+        ctx.n_inputs = _given(inputs)
+        ctx.params_listed = len(rest) > _PARAMS_AT and rest[_PARAMS_AT] is not None
+        rest = list(rest) + list(_DEFAULTS[len(rest):])
+        config, params, options = rest[:_PARAMS_AT], rest[_PARAMS_AT] or [], rest[_PARAMS_AT + 1:]
         _, states, aux = output
-        ctx.save_for_backward(x, weight, bias, states, aux)
-        # h, layer, activation, checkpoint, norm, method, memory, interp, n_steps, conv_dtype
-        ctx.config = tuple(config)
+        ctx.save_for_backward(x, weight, bias, states, *aux, *params)
+        ctx.n_aux, ctx.n_params = len(aux), len(params)
+        ctx.config, ctx.options = tuple(config), tuple(options)
         ctx.reversible = config[6] == "reversible"
-        ctx.mark_non_differentiable(states, aux)
+        ctx.mark_non_differentiable(states, *aux)
         ctx.set_materialize_grads(False)  # else autograd fills zero "gradients" of the saved states per backward
 
     def _backward(ctx, grad_out, _grad_states, _grad_aux):
-        x, weight, bias, states, aux = ctx.saved_tensors
+        x, weight, bias, states, *rest = ctx.saved_tensors
+        aux, params = rest[:ctx.n_aux], rest[ctx.n_aux:]
         if grad_out is None:
             grad_out = torch.zeros_like(x)
-        none = (None,) * len(ctx.config)
+        def grads(gx, gw, gb, gp):  # one per input given
+            full = (gx, gw, gb, *(None,) * _PARAMS_AT, list(gp) if ctx.params_listed else None, *(None,) * 4)
+            return full[:ctx.n_inputs]
+
         if torch.is_grad_enabled():  # backward(create_graph=True): the gradient must itself be differentiable
-            return (*_differentiable_backward(grad_out, x, weight, bias, *ctx.config), *none)
-        grad_x, grad_w, grad_b, drift = torch.ops.contres.ode_backward(grad_out, x, weight, bias, states, aux,
-                                                                       *ctx.config)
+            h, layer, activation, _, norm, method, _, interp, n_steps, conv_dtype = ctx.config
+            gx, gw, gb, *gp = _differentiable_backward(grad_out, x, weight, bias, params, h, layer, activation, norm,
+                                                       method, interp, n_steps, conv_dtype, *ctx.options)
+            return grads(gx, gw, gb, gp)
+        grad_x, grad_w, grad_b, drift, grad_p = torch.ops.contres.ode_backward(
+            grad_out, x, weight, bias, states, aux, *ctx.config, params, *ctx.options)
         if ctx.reversible and not torch.compiler.is_compiling():
             _LAST_DRIFT[0] = drift
-        return (grad_x, grad_w, grad_b, *none)
+        return grads(grad_x, grad_w, grad_b, grad_p)
 
     torch.library.register_autograd("contres::ode_forward", _backward, setup_context=_setup_context)
+
+    def _vmap(info, in_dims, x, weight, bias, *rest):
+        """vmap: one call per slice of the mapped dimension (the op's list outputs have no generic fallback)."""
+        rest = list(rest) + list(_DEFAULTS[len(rest):])
+        params = rest[_PARAMS_AT] or []
+        param_dims = in_dims[3 + _PARAMS_AT] if len(in_dims) > 3 + _PARAMS_AT and in_dims[3 + _PARAMS_AT] else \
+            [None] * len(params)
+        tensors, dims = [x, weight, bias, *params], [*in_dims[:3], *param_dims]
+
+        def take(t, d, i):
+            return t if d is None else t.select(d, i)
+
+        outs = []
+        for i in range(info.batch_size):
+            xi, wi, bi, *pi = (take(t, d, i) for t, d in zip(tensors, dims))
+            outs.append(torch.ops.contres.ode_forward(xi, wi, bi, *rest[:_PARAMS_AT], pi, *rest[_PARAMS_AT + 1:]))
+        out = torch.stack([o[0] for o in outs])
+        states = torch.stack([o[1] for o in outs])
+        aux = [torch.stack([o[2][j] for o in outs]) for j in range(len(outs[0][2]))]
+        return (out, states, aux), (0, 0, [0] * len(aux))
+
+    torch.library.register_vmap("contres::ode_forward", _vmap)
 
 
 if _ext.available():

@@ -6,13 +6,16 @@ discrete adjoint of each integrator.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
-LAYERS = ("single", "double_sym")
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid")
+LAYERS = ("single", "double_sym")  # the presets; any other right-hand side is a chain of stages (contres.chain)
+ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus")
 INTERPS = ("constant", "linear")
-NORMS = ("none", "tv")
+NORMS = ("none", "tv", "group", "instance")
 METHODS = ("euler", "rk4", "leapfrog")
 MEMORIES = ("states", "reversible")  # what the fused backward keeps; "reversible": leapfrog only
 LEAKY_SLOPE = 0.01
@@ -31,6 +34,8 @@ def activation_fn(name: str):
         return torch.tanh
     if name == "sigmoid":
         return torch.sigmoid
+    if name == "softplus":
+        return lambda z: F.softplus(z, beta=1, threshold=20)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 
@@ -105,6 +110,18 @@ def _interpolation_weights(n_steps: int, n_controls: int, interp: str, method: s
     return W
 
 
+def interpolate_params(params, n_steps: int, interp: str, method: str = "euler") -> list:
+    """Each parameter (n_controls, ...) interpolated at the method's stage times (differentiable)."""
+    out = []
+    for p in params:
+        if method != "rk4" and interp == "constant" and p.shape[0] == n_steps:  # W is the identity
+            out.append(p)
+            continue
+        W = _interpolation_weights(n_steps, p.shape[0], interp, method, p.dtype, p.device)
+        out.append(torch.einsum("kj,j...->k...", W, p))
+    return out
+
+
 def interpolate_controls(weight: torch.Tensor, bias: torch.Tensor, n_steps: int, interp: str,
                          method: str = "euler"):
     """Per-time kernels K (n_stage_times, C, C, k, k) and biases b (n_stage_times, C) from the controls
@@ -138,23 +155,85 @@ def rhs(u: torch.Tensor, K: torch.Tensor, b: torch.Tensor, layer: str, act, norm
     raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
 
 
+@dataclass(frozen=True)
+class Chain:
+    """A right-hand side as a chain of stages (contres.chain) with its options: what chain_rhs evaluates."""
+    stages: tuple
+    activation: str
+    norm: str = "none"
+    norm_eps: float = TV_EPS
+    norm_groups: Optional[int] = None
+    norm_affine: bool = False
+    time_channel: bool = False
+
+
+def chain_rhs(u: torch.Tensor, t: float, params, chain: Chain) -> torch.Tensor:
+    """f(u, t) of a chain with one stage time's parameters (in the op's order: the first conv's kernel and bias,
+    then by stage each other conv's kernel and bias, each bias stage's shift, each affine norm's scale and shift),
+    written with the plain PyTorch ops a model would use: F.conv2d over torch.cat([t * 1, z]) for the time
+    channel, F.group_norm, F.conv_transpose2d."""
+    act = activation_fn(chain.activation)
+    first, it = list(params[:2]), iter(params[2:])
+    kernels = []  # each conv's kernel, for the conv_t after it
+    z = u
+    for stage in chain.stages:
+        if stage == "conv":
+            K, b = (first.pop(0), first.pop(0)) if first else (next(it), next(it))
+            kernels.append(K)
+            inp = torch.cat([torch.full_like(z[:, :1], t), z], 1) if chain.time_channel else z
+            z = F.conv2d(inp, K, b, padding=K.shape[-1] // 2)
+        elif stage == "conv_t":
+            K = kernels[-1][:, 1:] if chain.time_channel else kernels[-1]
+            z = F.conv_transpose2d(z, K, padding=K.shape[-1] // 2)
+        elif stage == "bias":
+            z = z + next(it).view(1, -1, 1, 1)
+        elif stage == "norm":
+            w, b = (next(it), next(it)) if chain.norm_affine else (None, None)
+            if chain.norm == "tv":
+                z = z * torch.rsqrt(z.square().sum(dim=1, keepdim=True) + chain.norm_eps)
+                if w is not None:
+                    z = z * w.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+            else:
+                groups = z.shape[1] if chain.norm == "instance" else (
+                    chain.norm_groups if chain.norm_groups is not None else min(32, z.shape[1]))
+                z = F.group_norm(z, groups, w, b, chain.norm_eps)
+        elif stage == "act":
+            z = act(z)
+        elif stage == "neg":
+            z = -z
+        else:
+            raise ValueError(f"unknown stage {stage!r}")
+    return z
+
+
+def stage_time(row: int, h: float, method: str) -> float:
+    """The time of stage-time row `row`: k h, or rk4's half steps row h / 2 (the op's arithmetic)."""
+    return row * (h / 2) if method == "rk4" else row * h
+
+
 def euler_step(u: torch.Tensor, K: torch.Tensor, b: torch.Tensor, h: float, layer: str, act,
                norm: str = "none") -> torch.Tensor:
     """One forward-Euler step u + h f(u)."""
     return u + h * rhs(u, K, b, layer, act, norm)
 
 
-def integrate(x: torch.Tensor, K: torch.Tensor, b: torch.Tensor, h: float, layer: str, activation: str,
-              norm: str = "none", method: str = "euler") -> torch.Tensor:
-    """The method's N steps of size h with the per-time kernels and biases of interpolate_controls.
+def integrate(x: torch.Tensor, K: torch.Tensor, b: torch.Tensor, h: float, layer, activation: str,
+              norm: str = "none", method: str = "euler", *, params=(), chain: Optional[Chain] = None
+              ) -> torch.Tensor:
+    """The method's N steps of size h with the per-time kernels and biases of interpolate_controls (and, for a
+    chain, its other parameters per time, `params`, in the op's order).
 
     euler:    u_{k+1} = u_k + h f(u_k, t_k)
     rk4:      k1 = f(u_k, t_k), k2 = f(u_k + h/2 k1, t_k + h/2), k3 = f(u_k + h/2 k2, t_k + h/2),
               k4 = f(u_k + h k3, t_k + h);  u_{k+1} = u_k + h/6 (k1 + 2 k2 + 2 k3 + k4)
     leapfrog: u_{k+1} = 2 u_k - u_{k-1} + h^2 f(u_k, t_k), with u_{-1} = u_0
     """
-    act = activation_fn(activation)
-    f = lambda u, i: rhs(u, K[i], b[i], layer, act, norm)  # noqa: E731
+    if chain is None:
+        act = activation_fn(activation)
+        f = lambda u, i: rhs(u, K[i], b[i], layer, act, norm)  # noqa: E731
+    else:
+        rows = [K, b, *params]
+        f = lambda u, i: chain_rhs(u, stage_time(i, h, method), [p[i] for p in rows], chain)  # noqa: E731
     if method == "euler":
         u = x
         for k in range(K.shape[0]):
@@ -194,8 +273,9 @@ def ode_block_steps(x: torch.Tensor, K: torch.Tensor, b: torch.Tensor, *, T: flo
 
 
 def ode_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, T: float, n_steps: int,
-              layer: str = "single", activation: str = "relu", interp: str = "constant",
-              norm: str = "none", method: str = "euler") -> torch.Tensor:
-    """Reference ODE block: controls (M, C, C, k, k) and (M, C), n_steps steps of the method on [0, T]."""
-    K, b = interpolate_controls(weight, bias, n_steps, interp, method)
-    return integrate(x, K, b, float(T) / n_steps, layer, activation, norm, method)
+              layer="single", activation: str = "relu", interp: str = "constant",
+              norm: str = "none", method: str = "euler", params=(), chain: Optional[Chain] = None) -> torch.Tensor:
+    """Reference ODE block: controls (M, C, C, k, k) and (M, C), n_steps steps of the method on [0, T]; a chain's
+    other controls in `params` (the op's order) and its stages and options in `chain`."""
+    K, b, *rows = interpolate_params([weight, bias, *params], n_steps, interp, method)
+    return integrate(x, K, b, float(T) / n_steps, layer, activation, norm, method, params=rows, chain=chain)

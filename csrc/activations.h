@@ -10,12 +10,14 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "config.h"
 
 namespace contres {
 
-constexpr double kTvEps = 1e-3;  // the "tv" normalisation z / sqrt(sum_c z^2 + kTvEps); reference.TV_EPS
+// The presets' "tv" normalisation z / sqrt(sum_c z^2 + kTvEps) (reference.TV_EPS); chains take norm_eps.
+constexpr double kTvEps = default_norm_eps(Norm::Tv);
 
 constexpr double kLeakySlope = 0.01;
 
@@ -65,8 +67,22 @@ struct Activation<Act::Sigmoid> {
   template <typename T> C10_HOST_DEVICE static T df_value(T a) { return a * (T(1) - a); }
 };
 
-// Calls fn(std::integral_constant<Act, A>{}) so the activation is a compile-time constant inside fn.
-template <typename Fn>
+// torch's softplus with beta 1 and threshold 20: z above the threshold, log1p(exp(z)) below. Its derivative needs z
+// (the chains keep z where it is used), as torch's softplus_backward: exp(z) / (exp(z) + 1), 1 above the threshold.
+constexpr double kSoftplusThreshold = 20;
+
+template <>
+struct Activation<Act::Softplus> {
+  template <typename T> C10_HOST_DEVICE static T f(T z) { return z > T(kSoftplusThreshold) ? z : ::log1p(::exp(z)); }
+  template <typename T> C10_HOST_DEVICE static T df(T z) {
+    const T e = ::exp(z);
+    return z > T(kSoftplusThreshold) ? T(1) : e / (e + T(1));
+  }
+};
+
+// Calls fn(std::integral_constant<Act, A>{}) so the activation is a compile-time constant inside fn: every
+// activation (the chains' passes), or the presets' (their passes have no softplus).
+template <bool kWithSoftplus = true, typename Fn>
 decltype(auto) dispatch_activation(Act act, Fn&& fn) {
   switch (act) {
     case Act::Identity: return fn(std::integral_constant<Act, Act::Identity>{});
@@ -74,8 +90,15 @@ decltype(auto) dispatch_activation(Act act, Fn&& fn) {
     case Act::LeakyRelu: return fn(std::integral_constant<Act, Act::LeakyRelu>{});
     case Act::Tanh: return fn(std::integral_constant<Act, Act::Tanh>{});
     case Act::Sigmoid: return fn(std::integral_constant<Act, Act::Sigmoid>{});
+    case Act::Softplus:
+      if constexpr (kWithSoftplus) return fn(std::integral_constant<Act, Act::Softplus>{});
+      break;
   }
-  TORCH_CHECK(false, "contres: internal error: activation code ", static_cast<int64_t>(act));
+  TORCH_CHECK(false, "contres: internal error: no pass for activation code ", static_cast<int64_t>(act));
+}
+template <typename Fn>
+decltype(auto) dispatch_layer_activation(Act act, Fn&& fn) {
+  return dispatch_activation<false>(act, std::forward<Fn>(fn));
 }
 
 // Calls fn(std::integral_constant<Aux, K>{}) for the aux kinds the passes read and write (not Pre: "tv" has its
@@ -86,7 +109,8 @@ decltype(auto) dispatch_aux(Aux aux, Fn&& fn) {
     case Aux::None: return fn(std::integral_constant<Aux, Aux::None>{});
     case Aux::Mask: return fn(std::integral_constant<Aux, Aux::Mask>{});
     case Aux::Value: return fn(std::integral_constant<Aux, Aux::Value>{});
-    case Aux::Pre: break;
+    case Aux::Pre:
+    case Aux::Stats: break;
   }
   TORCH_CHECK(false, "contres: internal error: no elementwise pass for aux kind ", static_cast<int64_t>(aux));
 }
@@ -95,7 +119,7 @@ decltype(auto) dispatch_aux(Aux aux, Fn&& fn) {
 // an internal error: the device passes instantiate only the pairs the table can produce.
 template <bool (*Reachable)(Act, Aux), typename Fn>
 void dispatch_reachable(Act act, Aux aux, const Fn& fn) {
-  dispatch_activation(act, [&](auto a) {
+  dispatch_layer_activation(act, [&](auto a) {
     constexpr Act A = decltype(a)::value;
     dispatch_aux(aux, [&](auto k) {
       constexpr Aux K = decltype(k)::value;

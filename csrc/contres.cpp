@@ -28,12 +28,15 @@ TORCH_LIBRARY(contres, m) {
   m.def(
       "ode_forward(Tensor x, Tensor weight, Tensor bias, float h, str layer, str activation, int checkpoint,"
       " str norm=\"none\", str method=\"euler\", str memory=\"states\", str interp=\"none\", int n_steps=0,"
-      " ScalarType? conv_dtype=None)"
-      " -> (Tensor, Tensor, Tensor)");
+      " ScalarType? conv_dtype=None, Tensor[]? params=None, float? norm_eps=None, int norm_groups=0,"
+      " bool norm_affine=False, bool time_channel=False)"
+      " -> (Tensor, Tensor, Tensor[])");
   m.def(
-      "ode_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor bias, Tensor states, Tensor aux, float h,"
+      "ode_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor bias, Tensor states, Tensor[] aux, float h,"
       " str layer, str activation, int checkpoint, str norm=\"none\", str method=\"euler\", str memory=\"states\","
-      " str interp=\"none\", int n_steps=0, ScalarType? conv_dtype=None) -> (Tensor, Tensor, Tensor, Tensor)");
+      " str interp=\"none\", int n_steps=0, ScalarType? conv_dtype=None, Tensor[]? params=None,"
+      " float? norm_eps=None, int norm_groups=0, bool norm_affine=False, bool time_channel=False)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(contres, CPU, m) {
@@ -85,6 +88,8 @@ PYBIND11_MODULE(_C, m) {
     d["graphs"] = contres::name_of(s.graphs);
     return d;
   });
+  // Tests only: the chains' run passes on the CPU kernels ("auto") or composed of ATen operations ("aten").
+  m.def("_set_run_passes", &contres::set_run_passes, py::arg("passes"));
   m.def("last_paths", [] {
     py::dict d;
     d["forward"] = contres::last_path(contres::Direction::Forward);

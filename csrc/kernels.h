@@ -15,7 +15,10 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <vector>
+
 #include "activations.h"
+#include "chain.h"
 
 namespace contres {
 
@@ -96,6 +99,53 @@ struct TvGatePass {
   double scale = 1;
   at::Tensor g, sum_in, sum_out, a_out;
 };
+
+// ------------------------------------------------------------------------------------ the chains' run passes
+
+// One run of a chain's elementwise stages (chain.h's RunSpec) over one evaluation, per pixel over its `width`
+// channels (contiguous in channels_last), its steps in order. A group or instance norm normalises per sample and
+// group with statistics a sweep over the data computes first (forward), and the two sums its backward needs the
+// same way. Operands: `in` is the state (run 0; dtype S) or a convolution's output (L); outputs a convolution
+// reads, kept entries and g are of L; the combination and the running sums of S. Every reduction (statistics,
+// parameter gradients) is over fixed pieces of the data, summed in a fixed order: deterministic.
+struct RunForwardPass {
+  const RunSpec* run = nullptr;
+  int64_t batch = 0;                // B: the data are B samples of numel / (B width) pixels each
+  at::Tensor in;
+  at::Tensor time_map;              // (H, W, width), opmath: t times the time kernel's response, added to in
+  std::vector<at::Tensor> params;   // the row's parameters in plan order (each step reads its own), any dtype
+  std::vector<at::Tensor> stats;    // per step: a group norm's (B, groups, 2) statistics, written
+  at::Tensor out;                   // the run's output, for the convolution that reads it (L)
+  Combination comb;                 // the last run: the method's combination of f = the run's output
+  at::Tensor keep;                  // its kept entry (run->keep): Pre, a copy of in; Value, the output; Mask
+};
+
+// The backward of a run: g = dL/d(in) from the gradient at its output, which is dy (L), or for the last run the
+// method's upstream scale (lam + c_mu mu) with the running sum sum_out = sum_in + mu (GatePass's operands).
+struct RunGatePass {
+  const RunSpec* run = nullptr;
+  int64_t batch = 0;
+  at::Tensor in;                    // the run's input (kept Pre, or the state), recomputed from; else undefined
+  at::Tensor kept;                  // kept Value or Mask (the run has nothing to recompute)
+  at::Tensor time_map;
+  std::vector<at::Tensor> params;
+  std::vector<at::Tensor> stats;    // per step: a group norm's statistics, read
+  at::Tensor dy;
+  at::Tensor lam, mu;
+  double c_mu = 1, scale = 1;
+  at::Tensor sum_in, sum_out;
+  at::Tensor g;
+  at::Tensor out;                   // the run's output recomputed, for the convolution that reads it
+  std::vector<at::Tensor> param_grads;  // per plan parameter: the gradients of the run's steps (width), written
+  at::Tensor conv_bias_grad;        // sum over (B, H, W) of g: the bias of the conv before the run, written
+};
+
+void run_forward_pass_cpu(const RunForwardPass& p);
+void run_gate_pass_cpu(const RunGatePass& p);
+// The same with ATen operations, on any device (the CUDA path of the chains, and a second implementation the
+// tests hold the CPU kernels against).
+void run_forward_pass_aten(const RunForwardPass& p);
+void run_gate_pass_aten(const RunGatePass& p);
 
 void forward_pass_cpu(const ForwardPass& p);
 bool gate_pass_cpu(const GatePass& p);  // reduces the bias when asked (returns whether it did)

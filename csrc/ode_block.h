@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace contres {
 
@@ -21,30 +22,39 @@ namespace contres {
 // bfloat16 or float16 for mixed precision -- the state, u_N, dL/dx and the weight gradients stay float32, the
 // weights are cast once per call and the convolutions run in conv_dtype (what torch.autocast does per op), and
 // full storage keeps the convolution inputs in it (saved.h).
-// Returns (u_N, saved states, saved aux); u_0 is x itself and is not copied.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward(
+// layer: "single", "double_sym", or a chain of stages joined by commas (chain.h, docs/math.md section 7): then
+// weight and bias are the first conv's, `params` the chain's other parameters in order (each with the same rows),
+// norm_eps (None: the norm's default), norm_groups (0: min(32, width)), norm_affine and time_channel its options.
+// Returns (u_N, saved states, saved aux: one tensor per kept slot); u_0 is x itself and is not copied.
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> ode_forward(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h, c10::string_view layer,
     c10::string_view activation, int64_t checkpoint, c10::string_view norm, c10::string_view method,
-    c10::string_view memory, c10::string_view interp, int64_t n_steps, std::optional<at::ScalarType> conv_dtype);
+    c10::string_view memory, c10::string_view interp, int64_t n_steps, std::optional<at::ScalarType> conv_dtype,
+    std::optional<at::TensorList> params, std::optional<double> norm_eps, int64_t norm_groups, bool norm_affine, bool time_channel);
 
-// Returns (dL/dx, dL/dweight, dL/dbias, drift): the gradients for weight and bias as given (the kernels at the
-// stage times, or the controls), and, for
-// memory = "reversible", max |u_0 recomputed - x| / max |x| (0 otherwise), a 0-d tensor of x's dtype.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward(
+// Returns (dL/dx, dL/dweight, dL/dbias, drift, dL/dparams): the gradients for the parameters as given (the kernels
+// at the stage times, or the controls), and, for memory = "reversible", max |u_0 recomputed - x| / max |x| (0
+// otherwise), a 0-d tensor of x's dtype.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> ode_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-    const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
+    const at::Tensor& states, at::TensorList aux, double h, c10::string_view layer, c10::string_view activation,
     int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory,
-    c10::string_view interp, int64_t n_steps, std::optional<at::ScalarType> conv_dtype);
+    c10::string_view interp, int64_t n_steps, std::optional<at::ScalarType> conv_dtype,
+    std::optional<at::TensorList> params,
+    std::optional<double> norm_eps, int64_t norm_groups, bool norm_affine, bool time_channel);
 
 // The same checks and output metadata on meta tensors (symbolic sizes under torch.compile / torch.export).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ode_forward_meta(
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> ode_forward_meta(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double h, c10::string_view layer,
     c10::string_view activation, int64_t checkpoint, c10::string_view norm, c10::string_view method,
-    c10::string_view memory, c10::string_view interp, int64_t n_steps, std::optional<at::ScalarType> conv_dtype);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ode_backward_meta(
+    c10::string_view memory, c10::string_view interp, int64_t n_steps, std::optional<at::ScalarType> conv_dtype,
+    std::optional<at::TensorList> params, std::optional<double> norm_eps, int64_t norm_groups, bool norm_affine, bool time_channel);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> ode_backward_meta(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-    const at::Tensor& states, const at::Tensor& aux, double h, c10::string_view layer, c10::string_view activation,
+    const at::Tensor& states, at::TensorList aux, double h, c10::string_view layer, c10::string_view activation,
     int64_t checkpoint, c10::string_view norm, c10::string_view method, c10::string_view memory,
-    c10::string_view interp, int64_t n_steps, std::optional<at::ScalarType> conv_dtype);
+    c10::string_view interp, int64_t n_steps, std::optional<at::ScalarType> conv_dtype,
+    std::optional<at::TensorList> params,
+    std::optional<double> norm_eps, int64_t norm_groups, bool norm_affine, bool time_channel);
 
 }  // namespace contres

@@ -25,6 +25,8 @@ PathSettings& settings() {  // read once from the environment; an invalid value 
   return s;
 }
 
+std::atomic<int64_t> run_passes_setting{static_cast<int64_t>(RunPasses::Auto)};
+
 thread_local std::string last_forward = "none", last_backward = "none";
 
 }  // namespace
@@ -38,6 +40,11 @@ void set_path_settings(const std::string& conv, const std::string& graphs) {
   const PathSettings s{parse<ConvPath>(conv), parse<GraphMode>(graphs)};
   std::lock_guard<std::mutex> lock(settings_mutex());
   settings() = s;
+}
+
+RunPasses run_passes() { return static_cast<RunPasses>(run_passes_setting.load()); }
+void set_run_passes(const std::string& passes) {
+  run_passes_setting.store(static_cast<int64_t>(parse<RunPasses>(passes)));
 }
 
 void record_path(Direction d, const std::string& path) { (d == Direction::Forward ? last_forward : last_backward) = path; }

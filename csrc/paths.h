@@ -29,6 +29,16 @@ struct PathSettings {
 PathSettings path_settings();
 void set_path_settings(const std::string& conv, const std::string& graphs);  // parsed by parse<E> (config.h)
 
+// The chains' run passes (kernels.h): the CPU kernels where the tensors are on the CPU ("auto"), or composed of
+// ATen operations everywhere ("aten": what CUDA runs; the tests compare the two on the CPU).
+enum class RunPasses : int64_t { Auto, Aten };
+template <> struct Names<RunPasses> {
+  static constexpr const char* what = "run passes";
+  static constexpr std::array<const char*, 2> all = {"auto", "aten"};
+};
+RunPasses run_passes();
+void set_run_passes(const std::string& passes);
+
 enum class Direction { Forward, Backward };
 // What the latest call on this thread ran, e.g. "cpu", "cuda:aten", "cuda:aten+graph".
 void record_path(Direction d, const std::string& path);

@@ -2,20 +2,70 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "chain.h"
 #include "cpu/buffer_pool.h"
 
 namespace contres {
 
+namespace {
+
+// The stages a layer name stands for: a preset's (a norm stage after the conv when norm is not "none"), or a chain
+// of stage names joined by commas.
+std::vector<Stage> parse_stages(c10::string_view layer, Norm norm) {
+  std::vector<Stage> stages;
+  if (layer == "single" || layer == "double_sym") {
+    stages.push_back(Stage::Conv);
+    if (norm != Norm::None) stages.push_back(Stage::Norm);
+    stages.push_back(Stage::Act);
+    if (layer == "double_sym") stages.push_back(Stage::ConvT), stages.push_back(Stage::Neg);
+    return stages;
+  }
+  const std::string text(layer);
+  TORCH_CHECK_VALUE(!text.empty(), "contres: layer is an empty chain; a chain needs at least one conv stage");
+  size_t begin = 0;
+  while (begin <= text.size()) {
+    const size_t end = std::min(text.find(',', begin), text.size());
+    const std::string name = text.substr(begin, end - begin);
+    bool known = false;
+    for (size_t i = 0; i < Names<Stage>::all.size() && !known; ++i)
+      if (name == Names<Stage>::all[i]) stages.push_back(static_cast<Stage>(i)), known = true;
+    TORCH_CHECK_VALUE(known, "contres: layer must be one of single, double_sym, or a chain of the stages conv, "
+                      "conv_t, bias, norm, act, neg joined by commas; got '", text, "' (unknown stage '", name, "')");
+    begin = end + 1;
+  }
+  return stages;
+}
+
+}  // namespace
+
 Config parse_config(c10::string_view method, c10::string_view layer, c10::string_view activation,
-                    c10::string_view norm, c10::string_view memory, int64_t checkpoint) {
+                    c10::string_view norm, c10::string_view memory, int64_t checkpoint, NormOptions norm_options,
+                    bool time_channel) {
   Config cfg;
   cfg.method = parse<Method>(method);
-  cfg.layer = parse<Layer>(layer);
   cfg.act = parse<Act>(activation);
   cfg.norm = parse<Norm>(norm);
+  cfg.stages = parse_stages(layer, cfg.norm);
+  cfg.layer = Layer::Chain;
+  for (const Layer preset : {Layer::Single, Layer::DoubleSym})
+    if (cfg.stages == parse_stages(name_of(preset), cfg.norm)) cfg.layer = preset;
   cfg.memory = parse<Memory>(memory);
   TORCH_CHECK_VALUE(checkpoint >= 0, "contres: checkpoint must be >= 0, got ", checkpoint);
   cfg.checkpoint = checkpoint;
+  if (norm_options.eps == 0) norm_options.eps = default_norm_eps(cfg.norm);
+  TORCH_CHECK_VALUE(std::isfinite(norm_options.eps) && norm_options.eps > 0, "contres: norm_eps must be a positive "
+                    "finite number, got ", norm_options.eps);
+  TORCH_CHECK_VALUE(norm_options.groups >= 0, "contres: norm_groups must be >= 1 (or 0: min(32, width)), got ",
+                    norm_options.groups);
+  TORCH_CHECK_VALUE(norm_options.groups == 0 || cfg.norm == Norm::Group, "contres: norm_groups applies to "
+                    "norm='group' only, got norm_groups=", norm_options.groups, " with norm='", name_of(cfg.norm), "'");
+  TORCH_CHECK_VALUE(!norm_options.affine || cfg.norm != Norm::None, "contres: norm_affine needs a norm; norm is 'none'");
+  cfg.norm_options = norm_options;
+  cfg.time_channel = time_channel;
   if (cfg.memory == Memory::Reversible) {
     TORCH_CHECK_VALUE(cfg.method == Method::Leapfrog, "contres: memory='reversible' needs method='leapfrog' (the "
                       "only reversible integrator), got method='", name_of(cfg.method), "'");
@@ -27,7 +77,7 @@ Config parse_config(c10::string_view method, c10::string_view layer, c10::string
   return cfg;
 }
 
-SavedCounts saved_counts(const Config& cfg, int64_t n_steps) {
+SavedCounts saved_counts(const Config& cfg, const Plan& plan, int64_t n_steps) {
   SavedCounts c;
   if (cfg.memory == Memory::None) return c;  // inference: no backward will read anything
   if (cfg.memory == Memory::Reversible) {  // u_{N-1} and u_N: the backward walks back from them
@@ -41,44 +91,63 @@ SavedCounts saved_counts(const Config& cfg, int64_t n_steps) {
   }
   // u_1 .. u_{N-1}, and rk4's stage inputs u_k + h/2 k1, u_k + h/2 k2, u_k + h k3 of every step
   c.states = n_steps - 1 + (cfg.method == Method::Rk4 ? 3 * n_steps : 0);
-  c.aux = cfg.aux() == Aux::None ? 0 : stages_per_step(cfg.method) * n_steps;
+  c.aux = plan.slots.empty() ? 0 : stages_per_step(cfg.method) * n_steps;
   return c;
 }
 
 // (n, B, C, H, W) viewing a contiguous (n, B, H, W, C) block.
+TensorSpec state_stack_spec(int64_t n, const Dims& d, at::ScalarType dtype, const c10::SymInt& width) {
+  const c10::SymInt pixel = width, row = d.W * width, image = d.H * d.W * width, batch = d.B * image;
+  return {{n, d.B, width, d.H, d.W}, {batch, image, 1, row, pixel}, dtype};
+}
 TensorSpec state_stack_spec(int64_t n, const Dims& d, at::ScalarType dtype) {
-  const c10::SymInt pixel = d.C, row = d.W * d.C, image = d.H * d.W * d.C, batch = d.B * image;
-  return {{n, d.B, d.C, d.H, d.W}, {batch, image, 1, row, pixel}, dtype};
+  return state_stack_spec(n, d, dtype, d.C);
 }
 
-at::ScalarType states_dtype(const Config& cfg, Dtypes dtypes) {
+at::ScalarType states_dtype(const Config& cfg, const Plan& plan, Dtypes dtypes) {
   const bool full = cfg.checkpoint == 0 && cfg.memory == Memory::States;
-  return full ? dtypes.conv : dtypes.state;
+  return full && plan.input_is_conv_input() ? dtypes.conv : dtypes.state;
 }
 
-TensorSpec states_spec(const Config& cfg, const Dims& d, Dtypes dtypes) {
-  return state_stack_spec(saved_counts(cfg, d.n_steps).states, d, states_dtype(cfg, dtypes));
+at::ScalarType stats_dtype(Dtypes dtypes) { return dtypes.state == at::kDouble ? at::kDouble : at::kFloat; }
+
+TensorSpec states_spec(const Config& cfg, const Plan& plan, const Dims& d, Dtypes dtypes) {
+  return state_stack_spec(saved_counts(cfg, plan, d.n_steps).states, d, states_dtype(cfg, plan, dtypes));
 }
 
-TensorSpec aux_spec(const Config& cfg, const Dims& d, Dtypes dtypes) {
-  return aux_stack_spec(cfg.aux(), saved_counts(cfg, d.n_steps).aux, d, dtypes.conv);
+std::vector<TensorSpec> aux_specs(const Config& cfg, const Plan& plan, const Dims& d, Dtypes dtypes) {
+  return aux_stack_specs(plan, saved_counts(cfg, plan, d.n_steps).aux, d, dtypes);
 }
 
-TensorSpec aux_stack_spec(Aux kind, int64_t n, const Dims& d, at::ScalarType dtype) {
-  if (n == 0 || kind == Aux::None) return {{0}, {1}, dtype};
-  switch (kind) {
+TensorSpec slot_stack_spec(const SlotSpec& slot, int64_t n, const Dims& d, Dtypes dtypes) {
+  const c10::SymInt& width = slot.width;
+  switch (slot.kind) {
     case Aux::Mask: {
-      const c10::SymInt bytes = (d.B * d.H * d.W * d.C + 7) / 8;
+      const c10::SymInt bytes = (d.B * d.H * d.W * width + 7) / 8;
       return {{n, bytes}, {bytes, 1}, at::kByte};
     }
-    case Aux::Value: return state_stack_spec(n, d, dtype);
+    case Aux::Value: return state_stack_spec(n, d, dtypes.conv, width);
     case Aux::Pre: {
-      const c10::SymInt image = d.H * d.W * d.C;
-      return {{n, d.B, d.H, d.W, d.C}, {d.B * image, image, d.W * d.C, d.C, 1}, dtype};
+      const c10::SymInt image = d.H * d.W * width;
+      return {{n, d.B, d.H, d.W, width}, {d.B * image, image, d.W * width, width, 1}, dtypes.conv};
     }
+    case Aux::Stats: return {{n, d.B, slot.groups, 2}, {d.B * slot.groups * 2, slot.groups * 2, 2, 1}, stats_dtype(dtypes)};
     case Aux::None: break;
   }
-  TORCH_CHECK(false, "contres: internal error: aux entries for aux kind ", name_of(kind));
+  TORCH_CHECK(false, "contres: internal error: a kept slot of kind ", name_of(slot.kind));
+}
+
+std::vector<TensorSpec> aux_stack_specs(const Plan& plan, int64_t n, const Dims& d, Dtypes dtypes) {
+  std::vector<TensorSpec> specs;
+  if (n == 0) return specs;
+  for (const SlotSpec& slot : plan.slots) specs.push_back(slot_stack_spec(slot, n, d, dtypes));
+  return specs;
+}
+
+std::vector<at::Tensor> allocate(const std::vector<TensorSpec>& specs, const at::TensorOptions& options) {
+  std::vector<at::Tensor> out;
+  for (const TensorSpec& spec : specs) out.push_back(allocate(spec, options));
+  return out;
 }
 
 at::Tensor allocate(const TensorSpec& spec, const at::TensorOptions& options) {

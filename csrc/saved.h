@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "chain.h"
 #include "config.h"
 #include "describe.h"  // the messages of check_matches and of the input checks
 
@@ -33,9 +34,9 @@ struct Dtypes {
 // How many state-shaped slots and aux entries a configuration keeps.
 struct SavedCounts {
   int64_t states = 0;  // entries of the (n, B, C, H, W) channels_last stack
-  int64_t aux = 0;     // entries of the aux tensor (0: the aux tensor is empty)
+  int64_t aux = 0;     // entries of each aux tensor (0: no aux tensors)
 };
-SavedCounts saved_counts(const Config& cfg, int64_t n_steps);
+SavedCounts saved_counts(const Config& cfg, const Plan& plan, int64_t n_steps);
 
 // A tensor's full description: sizes, strides (elements) and dtype.
 struct TensorSpec {
@@ -44,23 +45,29 @@ struct TensorSpec {
 };
 
 // states: (n, B, C, H, W) in channels_last (a (n, B, H, W, C) block, permuted). Full storage keeps what the
-//         backward's convolutions read, in the convolution dtype; checkpoints and memory="reversible" keep the
+//         backward's first convolutions read, in the convolution dtype (the state dtype when run 0 of a chain
+//         stands between the state and its first convolution); checkpoints and memory="reversible" keep the
 //         running states the backward restarts from, in the state dtype (the same unless mixed).
-// aux:    Mask:  (n_aux, ceil(B*H*W*C / 8)) uint8 -- per row, the signs of one evaluation's z, bit t of byte j
-//                being element 8j + t of z in channels_last memory order;
-//         Value: (n_aux, B, C, H, W) channels_last like the states, the convolution dtype;
-//         Pre:   (n_aux, B, H, W, C) contiguous -- z per pixel, the channel vectors "tv" normalises, the
-//                convolution dtype;
-//         None:  (0,) of the convolution dtype.
-TensorSpec states_spec(const Config& cfg, const Dims& d, Dtypes dtypes);
-TensorSpec aux_spec(const Config& cfg, const Dims& d, Dtypes dtypes);
-at::ScalarType states_dtype(const Config& cfg, Dtypes dtypes);
-// n entries of those layouts, for the backward's own scratch (replayed segments).
+// aux:    one tensor per kept slot of the plan (chain.h), each with one entry per evaluation:
+//         Mask:  (n_aux, ceil(B*H*W*width / 8)) uint8 -- per row, the signs of one evaluation's activation input,
+//                bit t of byte j being element 8j + t in channels_last memory order;
+//         Value: (n_aux, B, width, H, W) channels_last like the states, the convolution dtype;
+//         Pre:   (n_aux, B, H, W, width) contiguous -- the run's input per pixel, the convolution dtype;
+//         Stats: (n_aux, B, groups, 2) contiguous -- a group norm's mean and 1 / std, float (double for double);
+//         none at all when nothing is kept (n_aux = 0). A preset keeps at most one slot.
+TensorSpec states_spec(const Config& cfg, const Plan& plan, const Dims& d, Dtypes dtypes);
+std::vector<TensorSpec> aux_specs(const Config& cfg, const Plan& plan, const Dims& d, Dtypes dtypes);
+at::ScalarType states_dtype(const Config& cfg, const Plan& plan, Dtypes dtypes);
+at::ScalarType stats_dtype(Dtypes dtypes);
+// n entries of those layouts, for the backward's own scratch (replayed segments, the reversible walk).
 TensorSpec state_stack_spec(int64_t n, const Dims& d, at::ScalarType dtype);
-TensorSpec aux_stack_spec(Aux kind, int64_t n, const Dims& d, at::ScalarType dtype);
+TensorSpec state_stack_spec(int64_t n, const Dims& d, at::ScalarType dtype, const c10::SymInt& width);
+TensorSpec slot_stack_spec(const SlotSpec& slot, int64_t n, const Dims& d, Dtypes dtypes);
+std::vector<TensorSpec> aux_stack_specs(const Plan& plan, int64_t n, const Dims& d, Dtypes dtypes);
 
-// A tensor of the spec (CPU: served by the buffer pool, see cpu/buffer_pool.h).
+// A tensor of the spec (CPU: served by the buffer pool, see cpu/buffer_pool.h); one per spec.
 at::Tensor allocate(const TensorSpec& spec, const at::TensorOptions& options);
+std::vector<at::Tensor> allocate(const std::vector<TensorSpec>& specs, const at::TensorOptions& options);
 
 // Raises a clear error naming `name` unless t matches spec (sizes; strides of every dimension longer than 1;
 // dtype) and is on `device`. `what` says what the tensor should be.

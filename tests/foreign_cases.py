@@ -39,6 +39,7 @@ def cases(device):
     """name -> (args of ode_backward, expected exception type, regex of its message)"""
     x, w, b = _inputs(device)
     _, st, aux = _forward(x, w, b, RELU)
+    mask = aux[0]  # the one kept slot of the single layer: relu's sign bits
     gy = torch.randn_like(x)
     ok = lambda **kw: (gy, x, w, b, kw.get("states", st), kw.get("aux", aux), H_STEP, *kw.get("config", RELU))  # noqa
     xb3, wb3, bb3 = _inputs(device, B=3)
@@ -67,19 +68,21 @@ def cases(device):
         "states empty": (ok(states=torch.empty(0, dtype=st.dtype, device=device)), V, r"states must be"),
         "states of checkpoint 2": (ok(states=st_ck), V, r"states must be"),
         "states of rk4": (ok(states=st_rk4), V, r"states must be"),
-        "states and aux swapped": (ok(states=aux, aux=st), V, r"states must be"),
+        "states and aux swapped": (ok(states=mask, aux=[st]), V, r"states must be"),
         # aux
-        "mask truncated": (ok(aux=aux[:, :-1]), V, r"aux must be .* mask"),
-        "mask one byte long": (ok(aux=torch.cat([aux, aux[:, :1]], 1)), V, r"aux must be"),
-        "mask missing a step": (ok(aux=aux[:2]), V, r"aux must be"),
-        "mask as int8": (ok(aux=aux.to(torch.int8)), T_, r"aux must be .* dtype"),
-        "mask transposed": (ok(aux=aux.t().contiguous().t()), S, r"aux .* memory layout"),
+        "mask truncated": (ok(aux=[mask[:, :-1]]), V, r"aux must be .* mask"),
+        "mask one byte long": (ok(aux=[torch.cat([mask, mask[:, :1]], 1)]), V, r"aux must be"),
+        "mask missing a step": (ok(aux=[mask[:2]]), V, r"aux must be"),
+        "mask as int8": (ok(aux=[mask.to(torch.int8)]), T_, r"aux must be .* dtype"),
+        "mask transposed": (ok(aux=[mask.t().contiguous().t()]), S, r"aux .* memory layout"),
         "mask empty": (ok(aux=aux_ck), V, r"aux must be"),
         "tanh values for relu": (ok(aux=aux_tanh), V, r"aux must be"),
         "mask for tanh": (ok(states=st_tanh, aux=aux, config=TANH), V, r"aux must be .* value"),
         "tv z for tanh": (ok(states=st_tanh, aux=aux_tv, config=TANH), S, r"aux must be"),
         "tanh values for tv": (ok(states=st_tv, aux=aux_tanh, config=TV), S, r"aux must be .* pre"),
-        "aux on meta": (ok(aux=aux.to("meta")), D, r"aux must be on"),
+        "aux on meta": (ok(aux=[mask.to("meta")]), D, r"aux must be on"),
+        "aux with a tensor too many": (ok(aux=[mask, mask]), V, r"aux must be .* 1 tensors, got 2"),
+        "aux as no tensors": (ok(aux=[]), V, r"aux must be .* 1 tensors, got 0"),
         "aux of rk4": (ok(aux=aux_rk4), V, r"aux must be"),
         "checkpoint 2 states with checkpoint 0": (ok(states=st_ck, aux=aux_ck), V, r"states must be"),
         "checkpoint 0 tensors with checkpoint 2": (ok(config=CKPT2), V, r"states must be"),

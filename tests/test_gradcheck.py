@@ -118,7 +118,7 @@ def test_opcheck_ode_backward(device, layer, activation, checkpoint):
     args = (grad_out, x, w, b, states, aux, h, layer, activation, checkpoint)
     torch.library.opcheck(torch.ops.contres.ode_backward.default, args)
     # and the raw op is the exact adjoint: same numbers as autograd through the per-step reference
-    gx, gw, gb, drift = torch.ops.contres.ode_backward(*args)
+    gx, gw, gb, drift, _ = torch.ops.contres.ode_backward(*args)
     assert drift.item() == 0 and drift.shape == ()
     xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, b))
     y = reference.ode_block_steps(xr, wr, br, T=h * N, layer=layer, activation=activation)

@@ -165,12 +165,12 @@ def test_opcheck_conv_dtype(conv_dtype, method, layer, activation, checkpoint, n
     assert out.dtype == torch.float32
     full = checkpoint == 0 and memory == "states"
     assert states.dtype == (conv_dtype if full else torch.float32)
-    assert aux.dtype in (torch.uint8, conv_dtype)
+    assert all(a.dtype in (torch.uint8, conv_dtype) for a in aux)
     gy = random_like(x, seed=6)
     bargs = (gy, xd, wd, bd, states, aux, h, layer, activation, checkpoint, norm, method, memory, "none", 0,
              conv_dtype)
     torch.library.opcheck(torch.ops.contres.ode_backward.default, bargs)
-    gx, gw, gb, _ = torch.ops.contres.ode_backward(*bargs)
+    gx, gw, gb, _, _ = torch.ops.contres.ode_backward(*bargs)
     assert gx.dtype == gw.dtype == gb.dtype == torch.float32
 
 

@@ -35,7 +35,8 @@ def test_no_case_crashes_the_process(device):
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
 def test_foreign_tensor_is_refused(device, name):
     args, exc, match = cases(device)[name]
-    tensors = [a for a in args if isinstance(a, torch.Tensor) and a.device.type != "meta"]
+    flat = [t for a in args for t in (a if isinstance(a, list) else [a])]
+    tensors = [a for a in flat if isinstance(a, torch.Tensor) and a.device.type != "meta"]
     before = [t.detach().clone() for t in tensors]
     with pytest.raises(exc, match=match):
         torch.ops.contres.ode_backward(*args)

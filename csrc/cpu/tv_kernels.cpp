@@ -174,7 +174,7 @@ void tv_gate_pixel(const TvGatePixel<S, L>& p, at::opmath_type<S>* w, at::opmath
 // activation and the vector flag as std::integral_constant.
 template <typename S, typename Body>
 void for_pixel_chunks(Act act, int64_t numel, int64_t C, const Body& body) {
-  dispatch_activation(act, [&](auto a) {
+  dispatch_layer_activation(act, [&](auto a) {
     auto run = [&](auto vec) {
       at::parallel_for(0, numel / C, std::max<int64_t>(1, kGrainElements / C),
                        [&](int64_t begin, int64_t end) { body(a, vec, begin, end); });

@@ -139,7 +139,15 @@ Vectorized<T> act_vec(const Vectorized<T>& z) {
   else if constexpr (A == Act::LeakyRelu)
     return Vectorized<T>::blendv(z * Vectorized<T>(kLeakySlope), z, z > Vectorized<T>(0));
   else if constexpr (A == Act::Tanh) return z.tanh();
-  else return Vectorized<T>(1) / (Vectorized<T>(1) + z.neg().exp());
+  else if constexpr (A == Act::Sigmoid) return Vectorized<T>(1) / (Vectorized<T>(1) + z.neg().exp());
+  else return Vectorized<T>::blendv(z.exp().log1p(), z, z > Vectorized<T>(kSoftplusThreshold));
+}
+
+// Activation<Softplus>::df on a vector (from z).
+template <typename T>
+Vectorized<T> softplus_df_vec(const Vectorized<T>& z) {
+  const Vectorized<T> e = z.exp(), one(1);
+  return Vectorized<T>::blendv(e / (e + one), one, z > Vectorized<T>(kSoftplusThreshold));
 }
 
 // Activation<A>::df_value on a vector: act' from a = act(z).

@@ -15,7 +15,7 @@ namespace {
 namespace cf = cudnn_fusion;
 
 bool usable(const Problem& p) {
-  return p.fused_conv && p.cfg.norm == Norm::None && p.opts.device().is_cuda() &&
+  return p.fused_conv && p.plan.layer_passes && p.cfg.norm == Norm::None && p.opts.device().is_cuda() &&
          cf::supports(p.opts.dtype().toScalarType(), p.C, 2 * p.pad + 1, p.cfg.act);
 }
 
@@ -45,7 +45,7 @@ class CudnnEulerAdjoint final : public Adjoint {
       at::Tensor lam_out = lam_;
       if (pending_.g.defined() && !lam_owned_) lam_out = empty_state(p_), lam_owned_ = true;
       const Grads::Slot slot = grads_.slot(k, false);  // the step writes its gradients
-      pending_ = step(lam_, lam_out, tape.conv_input(k), w_.K(k), tape.aux(k, 0), slot.dK, slot.db);
+      pending_ = step(lam_, lam_out, tape.conv_input(k), w_.K(k), tape.aux(k, 0)[0], slot.dK(), slot.db());
       grads_.commit(k, slot);
       lam_ = lam_out;
     }

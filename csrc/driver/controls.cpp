@@ -25,77 +25,89 @@ RowMix Interpolation::row(int64_t p) const {
   return a == 1 ? RowMix{j + 1, 0} : RowMix{j, a};  // a = 1 only at t = T (rk4's last half step)
 }
 
-Weights::Weights(const at::Tensor& weight, const at::Tensor& bias, Interpolation rows, at::ScalarType conv_dtype)
-    : weight_(weight.contiguous()),
-      bias_(bias.contiguous()),
-      conv_weight_(weight_.to(conv_dtype)),
-      conv_bias_(bias_.to(conv_dtype)),
-      rows_(rows) {}
-
-at::Tensor Weights::K(int64_t row) const {
-  const RowMix r = rows_.row(row);
-  return r.a == 0 ? conv_weight_[r.j] : mixed(row).K;
+Weights::Weights(std::vector<at::Tensor> params, const std::vector<bool>& conv_read, Interpolation rows,
+                 at::ScalarType conv_dtype)
+    : rows_(rows) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    controls_.push_back(params[i].contiguous());
+    cast_.push_back(conv_read[i] ? controls_.back().to(conv_dtype) : controls_.back());
+  }
 }
 
-at::Tensor Weights::b(int64_t row) const {
+at::Tensor Weights::param(int64_t i, int64_t row) const {
   const RowMix r = rows_.row(row);
-  return r.a == 0 ? conv_bias_[r.j] : mixed(row).b;
+  return r.a == 0 ? cast_[i][r.j] : mixed(row).values[i];
+}
+
+std::vector<at::Tensor> Weights::row(int64_t row) const {
+  std::vector<at::Tensor> out;
+  for (int64_t i = 0; i < count(); ++i) out.push_back(param(i, row));
+  return out;
 }
 
 const Weights::Mixed& Weights::mixed(int64_t row) const {
   if (row != mixed_.row) {  // new tensors: one handed out before may still be held
     const RowMix r = rows_.row(row);
-    const at::ScalarType conv = conv_weight_.scalar_type();
-    mixed_ = {row, at::lerp(weight_[r.j], weight_[r.j + 1], r.a).to(conv),
-              at::lerp(bias_[r.j], bias_[r.j + 1], r.a).to(conv)};
+    mixed_.row = row;
+    mixed_.values.clear();
+    for (size_t i = 0; i < controls_.size(); ++i)
+      mixed_.values.push_back(at::lerp(controls_[i][r.j], controls_[i][r.j + 1], r.a).to(cast_[i].scalar_type()));
   }
   return mixed_;
 }
 
-Grads::Grads(const Weights& w)
-    : w_(w),
-      weight_(at::empty_like(w.controls(), at::MemoryFormat::Contiguous)),
-      bias_(at::empty_like(w.control_biases(), at::MemoryFormat::Contiguous)),
-      written_(static_cast<size_t>(w.controls().size(0)), false) {}
+Grads::Grads(const Weights& w) : w_(w), written_(static_cast<size_t>(w.control(0).size(0)), false) {
+  for (int64_t i = 0; i < w.count(); ++i) grads_.push_back(at::empty_like(w.control(i), at::MemoryFormat::Contiguous));
+}
 
 Grads::Slot Grads::slot(int64_t row, bool may_accumulate) {
   const RowMix r = w_.rows().row(row);
-  if (r.a == 0 && (may_accumulate || !written_[r.j])) return {weight_[r.j], bias_[r.j], bool(written_[r.j])};
-  if (!scratch_K_.defined()) scratch_K_ = at::empty_like(weight_[0]), scratch_b_ = at::empty_like(bias_[0]);
-  return {scratch_K_, scratch_b_, false};
+  Slot s;
+  if (r.a == 0 && (may_accumulate || !written_[r.j])) {
+    for (const at::Tensor& g : grads_) s.d.push_back(g[r.j]);
+    s.accumulate = written_[r.j];
+    return s;
+  }
+  if (scratch_.empty())
+    for (const at::Tensor& g : grads_) scratch_.push_back(at::empty_like(g[0]));
+  s.d = scratch_;
+  return s;
 }
 
 void Grads::commit(int64_t row, const Slot& slot) {
   const RowMix r = w_.rows().row(row);
-  if (!slot.dK.is_same(scratch_K_)) {  // written in place
+  if (scratch_.empty() || !slot.d[0].is_same(scratch_[0])) {  // written in place
     written_[r.j] = true;
     return;
   }
-  fold(r.j, 1 - r.a, slot.dK, slot.db);
-  if (r.a != 0) fold(r.j + 1, r.a, slot.dK, slot.db);
+  fold(r.j, 1 - r.a, slot);
+  if (r.a != 0) fold(r.j + 1, r.a, slot);
 }
 
-void Grads::fold(int64_t j, double c, const at::Tensor& dK, const at::Tensor& db) {
-  at::Tensor gK = weight_[j], gb = bias_[j];
-  if (written_[j]) {
-    gK.add_(dK, c), gb.add_(db, c);
-    return;
+void Grads::fold(int64_t j, double c, const Slot& slot) {
+  for (size_t i = 0; i < grads_.size(); ++i) {
+    at::Tensor g = grads_[i][j];
+    if (written_[j]) {
+      g.add_(slot.d[i], c);
+    } else {
+      g.copy_(slot.d[i]);
+      if (c != 1) g.mul_(c);
+    }
   }
-  gK.copy_(dK), gb.copy_(db);
-  if (c != 1) gK.mul_(c), gb.mul_(c);
   written_[j] = true;
 }
 
-std::tuple<at::Tensor, at::Tensor> Grads::finish() {
+std::vector<at::Tensor> Grads::finish() {
   for (size_t j = 0; j < written_.size(); ++j)
-    if (!written_[j]) weight_[j].zero_(), bias_[j].zero_();  // a control no stage time reads
-  return {weight_, bias_};
+    if (!written_[j])
+      for (const at::Tensor& g : grads_) g[j].zero_();  // a control no stage time reads
+  return grads_;
 }
 
 at::Tensor adjoint_at(Stages& st, const Upstream& up, const at::Tensor& U, const Weights& w, Grads& grads, int64_t row,
-                      const at::Tensor& aux) {
+                      const Kept& kept) {
   const Grads::Slot slot = grads.slot(row);
-  at::Tensor mu = st.adjoint(up, U, w.K(row), aux, slot.dK, slot.db, slot.accumulate, true);
+  at::Tensor mu = st.adjoint(up, U, w, row, kept, slot, true);
   grads.commit(row, slot);
   return mu;
 }

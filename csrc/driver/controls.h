@@ -37,53 +37,62 @@ class Interpolation {
   int64_t n_controls_, q_, n_rows_;  // stage time i is t = (i / q) T
 };
 
-// The kernel and bias at each row, from the controls, in the convolutions' dtype (mixed precision: the controls
-// are cast once per call, and a row of two controls is mixed in their own dtype, then cast, as autocast would).
+// The parameters at each row, from the controls: the op's weight and bias, then its other parameters (chain.h's
+// order). Those a convolution reads (kernels, conv biases) are in the convolutions' dtype (mixed precision: the
+// controls are cast once per call, and a row of two controls is mixed in their own dtype, then cast, as autocast
+// would); the rest (shifts, norm scales) stay in the controls' dtype.
 class Weights {
  public:
-  Weights(const at::Tensor& weight, const at::Tensor& bias, Interpolation rows, at::ScalarType conv_dtype);
-  at::Tensor K(int64_t row) const;  // a view of a control where the row is one, else a new tensor (never reused,
-  at::Tensor b(int64_t row) const;  // so a caller may keep it)
-  const at::Tensor& controls() const { return weight_; }  // as given (their dtype is the gradients')
-  const at::Tensor& control_biases() const { return bias_; }
+  Weights(std::vector<at::Tensor> params, const std::vector<bool>& conv_read, Interpolation rows,
+          at::ScalarType conv_dtype);
+  // Row `row` of parameter i: a view of a control where the row is one, else a new tensor (never reused, so a
+  // caller may keep it).
+  at::Tensor param(int64_t i, int64_t row) const;
+  std::vector<at::Tensor> row(int64_t row) const;  // every parameter's
+  at::Tensor K(int64_t row) const { return param(0, row); }
+  at::Tensor b(int64_t row) const { return param(1, row); }
+  const at::Tensor& control(int64_t i) const { return controls_[i]; }  // as given (their dtype is the gradients')
+  int64_t count() const { return static_cast<int64_t>(controls_.size()); }
   const Interpolation& rows() const { return rows_; }
 
  private:
   struct Mixed {
     int64_t row = -1;
-    at::Tensor K, b;
+    std::vector<at::Tensor> values;
   };
   const Mixed& mixed(int64_t row) const;  // the last row of two controls, formed once (rk4 reads one twice)
-  at::Tensor weight_, bias_;  // contiguous
-  at::Tensor conv_weight_, conv_bias_;  // the same in the convolution dtype (the same tensors when it is theirs)
+  std::vector<at::Tensor> controls_;  // contiguous
+  std::vector<at::Tensor> cast_;      // the same in the dtype they are read in (the same tensors when it is theirs)
   Interpolation rows_;
   mutable Mixed mixed_;
 };
 
-// dL/d(weight), dL/d(bias) of the op, filled row by row as the adjoint walks back.
+// dL/d(each parameter) of the op, filled row by row as the adjoint walks back.
 class Grads {
  public:
   explicit Grads(const Weights& w);
 
-  // Where row `row`'s dL/dK and dL/db go, and whether to add to what is there (a Stages::adjoint's dK, db and
-  // accumulate): the control's own gradient when the row is one control (added to once it has been written),
-  // else scratch that commit() folds into the controls. may_accumulate = false asks for a slot written, not
-  // added to (scratch then, where the control has been written already).
+  // Where row `row`'s gradients go, one per parameter, and whether to add to what is there (a Stages::adjoint's
+  // targets and accumulate): the control's own gradient when the row is one control (added to once it has been
+  // written), else scratch that commit() folds into the controls. may_accumulate = false asks for a slot written,
+  // not added to (scratch then, where the control has been written already).
   struct Slot {
-    at::Tensor dK, db;
+    std::vector<at::Tensor> d;
     bool accumulate = false;
+    const at::Tensor& dK() const { return d[0]; }
+    const at::Tensor& db() const { return d[1]; }
   };
   Slot slot(int64_t row, bool may_accumulate = true);
   void commit(int64_t row, const Slot& slot);  // after the slot is written
   // The gradients, once every row is committed (controls no row reads get zeros).
-  std::tuple<at::Tensor, at::Tensor> finish();
+  std::vector<at::Tensor> finish();
 
  private:
-  void fold(int64_t j, double c, const at::Tensor& dK, const at::Tensor& db);
+  void fold(int64_t j, double c, const Slot& slot);
   const Weights& w_;
-  at::Tensor weight_, bias_;
+  std::vector<at::Tensor> grads_;
   std::vector<bool> written_;  // per control
-  at::Tensor scratch_K_, scratch_b_;
+  std::vector<at::Tensor> scratch_;
 };
 
 }  // namespace contres

@@ -15,7 +15,7 @@ void euler_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& tap
     const at::Tensor next = tape.state(k + 1);
     Combination comb;
     if (next.defined()) comb.out = next, comb.out_low = tape.low_copy(k + 1), comb.x0 = u, comb.alpha = p.h;
-    st.forward(tape.conv_input(k), w.K(k), w.b(k), comb, tape.aux(k, 0));
+    st.evaluate(tape.conv_input(k), w, k, comb, tape.aux(k, 0));
     u = next;
   }
 }

@@ -20,7 +20,7 @@ void leapfrog_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& 
       comb.out = next, comb.out_low = tape.low_copy(k + 1), comb.x0 = u, comb.alpha = h2;
       if (k > 0) comb.c0 = 2, comb.x1 = u_prev, comb.c1 = -1;  // u_{-1} = u_0: the first step is u_0 + h^2 f
     }
-    st.forward(tape.conv_input(k), w.K(k), w.b(k), comb, tape.aux(k, 0));
+    st.evaluate(tape.conv_input(k), w, k, comb, tape.aux(k, 0));
     u_prev = u;
     u = next;
   }

@@ -16,19 +16,19 @@ void rk4_sweep(const Problem& p, Stages& st, const Weights& w, const Tape& tape,
     const at::Tensor u = tape.state(k), acc = tape.state(k + 1);  // acc becomes u_{k+1} (undefined: not wanted)
     const at::Tensor U2 = tape.stage(k, 1), U3 = tape.stage(k, 2), U4 = tape.stage(k, 3);
     const int64_t t0 = 2 * k, half = 2 * k + 1, t1 = 2 * k + 2;
-    // The stage inputs are convolution inputs only: in mixed precision the pass writes them in that dtype alone.
+    // The stage inputs are evaluation inputs only: with low-precision inputs the pass writes them in that dtype alone.
     auto comb = [&](const at::Tensor& stage_input, double alpha, const at::Tensor& y0, double beta) {
       Combination c;
-      if (stage_input.defined()) (p.mixed() ? c.out_low : c.out) = stage_input, c.x0 = u, c.alpha = alpha;
+      if (stage_input.defined()) (p.low_input() ? c.out_low : c.out) = stage_input, c.x0 = u, c.alpha = alpha;
       if (acc.defined()) c.out2 = acc, c.y0 = y0, c.beta = beta;
       return c;
     };
-    st.forward(tape.conv_input(k), w.K(t0), w.b(t0), comb(U2, h / 2, u, h / 6), tape.aux(k, 0));
-    st.forward(U2, w.K(half), w.b(half), comb(U3, h / 2, acc, h / 3), tape.aux(k, 1));
-    st.forward(U3, w.K(half), w.b(half), comb(U4, h, acc, h / 3), tape.aux(k, 2));
+    st.evaluate(tape.conv_input(k), w, t0, comb(U2, h / 2, u, h / 6), tape.aux(k, 0));
+    st.evaluate(U2, w, half, comb(U3, h / 2, acc, h / 3), tape.aux(k, 1));
+    st.evaluate(U3, w, half, comb(U4, h, acc, h / 3), tape.aux(k, 2));
     Combination last;  // u_{k+1} = acc + h/6 k4, with its copy for the next step's convolution
     if (acc.defined()) last.out = acc, last.x0 = acc, last.alpha = h / 6, last.out_low = tape.low_copy(k + 1);
-    st.forward(U4, w.K(t1), w.b(t1), last, tape.aux(k, 3));
+    st.evaluate(U4, w, t1, last, tape.aux(k, 3));
   }
 }
 

@@ -62,6 +62,7 @@ void activation_out(const at::Tensor& a, const at::Tensor& z, Act act) {
     case Act::LeakyRelu: at::leaky_relu_out(out, z, kLeakySlope); return;
     case Act::Tanh: at::tanh_out(out, z); return;
     case Act::Sigmoid: at::sigmoid_out(out, z); return;
+    case Act::Softplus: break;  // the chains' passes run it
   }
   TORCH_CHECK(false, "contres: internal error: activation code ", static_cast<int64_t>(act));
 }
@@ -74,6 +75,27 @@ at::Tensor empty_state(const Problem& p) {
 
 at::Tensor empty_conv_state(const Problem& p) {
   return at::empty({p.B, p.C, p.H, p.W}, p.conv_opts.memory_format(kLayout));
+}
+
+at::Tensor empty_input(const Problem& p) { return p.low_input() ? empty_conv_state(p) : empty_state(p); }
+
+Kept kept_entry(const std::vector<at::Tensor>& aux, int64_t e) {
+  Kept k;
+  for (const at::Tensor& t : aux) k.slots.push_back(t[e]);
+  return k;
+}
+
+void Stages::evaluate(const at::Tensor& U, const Weights& w, int64_t row, const Combination& comb, const Kept& kept) {
+  if (p_.plan.layer_passes) return forward(U, w.K(row), w.b(row), comb, kept[0]);
+  if (!comb.any() && !kept.any()) return;  // a recomputation that wants nothing of this evaluation
+  chain_forward(U, w.row(row), p_.stage_time(row), comb, kept);
+}
+
+at::Tensor Stages::adjoint(const Upstream& up, const at::Tensor& U, const Weights& w, int64_t row, const Kept& kept,
+                           const Grads::Slot& slot, bool want_mu) {
+  if (p_.plan.layer_passes)
+    return adjoint(up, U, w.K(row), kept[0], slot.dK(), slot.db(), slot.accumulate, want_mu);
+  return chain_adjoint(up, U, w.row(row), p_.stage_time(row), kept, slot);
 }
 
 at::Tensor Stages::conv(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b) const {

@@ -9,22 +9,46 @@
 #include <functional>
 #include <vector>
 
+#include "../chain.h"
 #include "../config.h"
 #include "../kernels.h"  // Combination: what a forward evaluation writes
+#include "controls.h"
 
 namespace contres {
 
 // One call of an op, checked and parsed.
 struct Problem {
   Config cfg;
+  Plan plan;  // the chain's program (chain.h); the presets' too
   double h = 0;
   int64_t n_steps = 0, B = 0, C = 0, H = 0, W = 0, pad = 0;
   at::TensorOptions opts;       // the state's dtype and device
   at::TensorOptions conv_opts;  // the convolutions' operands: weight's dtype (mixed precision: not the state's)
   bool fused_conv = false;  // CUDA: run each step's convolution with its elementwise work as fused cuDNN graphs
+  bool aten_runs = false;   // the chains' run passes composed of ATen operations (kernels.h), not the CPU kernels
   bool mixed() const { return conv_opts.dtype() != opts.dtype(); }
   at::ScalarType conv_dtype() const { return conv_opts.dtype().toScalarType(); }
+  // The evaluations' inputs (u_k, rk4's stage inputs) are the first convolution's own: in its dtype when mixed.
+  bool low_input() const { return mixed() && plan.input_is_conv_input(); }
+  // The time of stage-time row `row` (t_k = k h; rk4's rows are the half steps).
+  double stage_time(int64_t row) const { return row * (cfg.method == Method::Rk4 ? h / 2 : h); }
 };
+
+// What one evaluation keeps for its backward: one tensor per kept slot of the plan (chain.h), each undefined
+// when not wanted (a recomputation that needs none, or a forward that keeps nothing).
+struct Kept {
+  std::vector<at::Tensor> slots;
+  bool any() const {
+    for (const at::Tensor& t : slots)
+      if (t.defined()) return true;
+    return false;
+  }
+  at::Tensor operator[](int64_t i) const {
+    return i >= 0 && i < static_cast<int64_t>(slots.size()) ? slots[i] : at::Tensor();
+  }
+};
+// Entry e of each of a forward's aux tensors (none: nothing kept).
+Kept kept_entry(const std::vector<at::Tensor>& aux, int64_t e);
 
 // Every state-sized tensor inside the ops is channels_last; the x-shaped outputs (u_N, dL/dx) keep x's own
 // layout. Measured per convolution at the benchmark shapes: cuDNN on an H100 is about twice as fast in
@@ -34,6 +58,7 @@ constexpr at::MemoryFormat kLayout = at::MemoryFormat::ChannelsLast;
 
 at::Tensor empty_state(const Problem& p);       // one state-sized tensor in the internal layout
 at::Tensor empty_conv_state(const Problem& p);  // the same in the convolution dtype
+at::Tensor empty_input(const Problem& p);       // the same in the evaluations' input dtype (Problem::low_input)
 
 // The upstream of one evaluation's adjoint: dL/df = scale * (lam + c_mu * mu); the same pass also forms the
 // methods' running sum sum_out = sum_in + mu (sum_in undefined: lam) when sum_out is defined.
@@ -47,13 +72,20 @@ class Stages {
  public:
   explicit Stages(const Problem& p) : p_(p) {}
 
-  // f evaluated at U (in the convolution dtype) with kernel K and bias b, written as `comb` says, and its aux
-  // into aux_out when defined (the kind of the table; a recomputation may ask for the aux alone).
+  // f evaluated at U (the evaluation's input, Problem::low_input's dtype) with the parameters of stage-time row
+  // `row`, written as `comb` says, and what it keeps into `kept` where defined (a recomputation may ask for the
+  // kept entries alone).
+  void evaluate(const at::Tensor& U, const Weights& w, int64_t row, const Combination& comb, const Kept& kept);
+
+  // The adjoint of that evaluation (kept: what it kept): returns mu = J_f(U)^T dL/df (in the convolution dtype;
+  // undefined unless want_mu), and writes the row's parameter gradients into slot.d, or adds them when
+  // slot.accumulate.
+  at::Tensor adjoint(const Upstream& up, const at::Tensor& U, const Weights& w, int64_t row, const Kept& kept,
+                     const Grads::Slot& slot, bool want_mu);
+
+  // The presets' evaluation and adjoint on their own passes, with kernel K and bias b (aux: the one kept slot).
   void forward(const at::Tensor& U, const at::Tensor& K, const at::Tensor& b, const Combination& comb,
                const at::Tensor& aux_out);
-
-  // The adjoint of the evaluation f(U) (aux: its kept aux): returns mu = J_f(U)^T dL/df (undefined unless
-  // want_mu; in the convolution dtype), and writes dL/dK into dK and dL/db into db, or adds them when accumulate.
   at::Tensor adjoint(const Upstream& up, const at::Tensor& U, const at::Tensor& K, const at::Tensor& aux,
                      const at::Tensor& dK, const at::Tensor& db, bool accumulate, bool want_mu);
 
@@ -81,10 +113,20 @@ class Stages {
 
  private:
   void write_grad(const at::Tensor& target, const at::Tensor& value, bool accumulate) const;
+  // A chain's evaluation and adjoint (driver/chain_stages.cpp).
+  void chain_forward(const at::Tensor& U, const std::vector<at::Tensor>& prm, double t, const Combination& comb,
+                     const Kept& kept);
+  at::Tensor chain_adjoint(const Upstream& up, const at::Tensor& U, const std::vector<at::Tensor>& prm, double t,
+                           const Kept& kept, const Grads::Slot& slot);
+  at::Tensor chain_conv(const ConvSpec& conv, const at::Tensor& y, const std::vector<at::Tensor>& prm) const;
+  at::Tensor time_map(int64_t conv, const std::vector<at::Tensor>& prm, double t) const;
+  std::vector<at::Tensor> run_stats(const RunSpec& run, const Kept& kept);
+  const at::Tensor& run_buffer(std::vector<at::Tensor>& buffers, int64_t run);
 
   const Problem& p_;
   at::Tensor g_buffer_, v_buffer_;  // reused across evaluations (convolution dtype)
   std::vector<at::Tensor> sum_buffers_;  // sum_target's state buffers (mixed precision)
+  std::vector<at::Tensor> run_out_, run_grad_;  // a chain's per-run outputs and gradients (convolution dtype)
 };
 
 }  // namespace contres

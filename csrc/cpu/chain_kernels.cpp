@@ -1,0 +1,671 @@
+// CPU passes of the chains' runs (kernels.h, RunForwardPass / RunGatePass). Each pixel's `width` channels are
+// contiguous in channels_last: a pass loads them once into the opmath type, runs the run's steps on them as at::vec
+// vectors (the last one partial when the width is not a multiple of the vector width), keeping each step's input
+// in a per-thread scratch row, and stores once per output. The work is split into items of whole pixels (within
+// one sample when a norm needs per-sample sums), each item's sums kept apart and added in item order afterwards,
+// so results do not depend on the threads. docs/math.md section 7 has the formulas.
+#include "vec.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "../kernels.h"
+
+namespace contres {
+namespace {
+
+using at::vec::Vectorized;
+
+// n <= OpVec<E>::size() elements of E at p, widened to an opmath vector (the other lanes 0).
+template <typename E>
+cpu::OpVec<E> load_n(const E* p, int64_t n) {
+  constexpr int64_t V = cpu::OpVec<E>::size();
+  if (n == V) return cpu::load_vec(p);
+  E lanes[V];
+  for (int64_t i = 0; i < V; ++i) lanes[i] = i < n ? p[i] : E(0);
+  return cpu::load_vec(lanes);
+}
+
+// The first n lanes of v, rounded to E, at p.
+template <typename E>
+void store_n(E* p, const cpu::OpVec<E>& v, int64_t n) {
+  constexpr int64_t V = cpu::OpVec<E>::size();
+  if (n == V) return cpu::store_vec(p, v);
+  E lanes[V];
+  cpu::store_vec(lanes, v);
+  std::memcpy(p, lanes, n * sizeof(E));
+}
+
+// Elements of a flat bit array (Mask layout: bit t of byte j is element 8j + t).
+inline void put_bits(uint8_t* mask, int64_t e, unsigned bits, int64_t n) {
+  for (int64_t t = 0; t < n; ++t)
+    if ((bits >> t) & 1u) mask[(e + t) >> 3] |= static_cast<uint8_t>(1u << ((e + t) & 7));
+}
+inline unsigned get_bits(const uint8_t* mask, int64_t e, int64_t n) {
+  unsigned bits = 0;
+  for (int64_t t = 0; t < n; ++t) bits |= static_cast<unsigned>((mask[(e + t) >> 3] >> ((e + t) & 7)) & 1u) << t;
+  return bits;
+}
+
+// act' of the run's activation as a vector: from its input x and output y (recomputed), from its kept output a
+// (Value), or from the kept sign bits of its input (Mask). The rounding is PyTorch's backward's: relu and
+// leaky_relu by the sign of x, tanh and sigmoid from y, softplus from x.
+template <Act A, typename T>
+Vectorized<T> act_df_recomputed(const Vectorized<T>& x, const Vectorized<T>& y) {
+  if constexpr (A == Act::Relu || A == Act::LeakyRelu) {
+    const Vectorized<T> positive = A == Act::Relu ? (x > Vectorized<T>(0)) | (x != x) : x > Vectorized<T>(0);
+    return Vectorized<T>::blendv(Vectorized<T>(Activation<A>::template df_sign<T>(false)), Vectorized<T>(1), positive);
+  } else if constexpr (A == Act::Softplus) {
+    return cpu::softplus_df_vec(x);
+  } else {
+    return cpu::df_value_vec<A>(y);
+  }
+}
+template <Act A, typename T>
+Vectorized<T> act_df_from_bits(unsigned bits) {
+  T lanes[Vectorized<T>::size()];
+  for (int64_t t = 0; t < Vectorized<T>::size(); ++t) {
+    if constexpr (A == Act::Relu || A == Act::LeakyRelu) lanes[t] = Activation<A>::template df_sign<T>((bits >> t) & 1u);
+    else lanes[t] = T(1);  // unreachable: only relu and leaky_relu keep signs
+  }
+  return Vectorized<T>::loadu(lanes);
+}
+template <Act A>
+unsigned act_sign_bits(const Vectorized<float>& v) {
+  if constexpr (A == Act::Relu || A == Act::LeakyRelu) return cpu::mask_bits<A>(v);
+  else return 0;
+}
+template <Act A>
+unsigned act_sign_bits(const Vectorized<double>& v) {
+  if constexpr (A == Act::Relu || A == Act::LeakyRelu) return cpu::mask_bits<A>(v);
+  else return 0;
+}
+
+// Pieces of the work: runs of whole pixels, within one sample when `by_sample` (a group norm's sums are per
+// sample), else of a multiple of 8 pixels so that each owns whole bytes of a Mask.
+struct Items {
+  static constexpr int64_t kElements = 1 << 14;
+  int64_t pixels, per_sample, chunk, per_b = 0, count;
+  bool by_sample;
+  Items(int64_t pixels_, int64_t batch, int64_t width, bool by_sample_)
+      : pixels(pixels_), per_sample(batch > 0 ? pixels_ / batch : 0), by_sample(by_sample_) {
+    chunk = std::max<int64_t>(8, (kElements / std::max<int64_t>(width, 1) + 7) / 8 * 8);
+    if (by_sample) {
+      per_b = per_sample == 0 ? 0 : (per_sample + chunk - 1) / chunk;
+      count = batch * per_b;
+    } else {
+      count = (pixels + chunk - 1) / chunk;
+    }
+  }
+  int64_t first(int64_t i) const { return by_sample ? (i / per_b) * per_sample + (i % per_b) * chunk : i * chunk; }
+  int64_t size(int64_t i) const {
+    return by_sample ? std::min(chunk, per_sample - (i % per_b) * chunk) : std::min(chunk, pixels - i * chunk);
+  }
+  int64_t sample(int64_t i) const { return by_sample ? i / per_b : -1; }
+};
+
+// The run's steps with this row's parameters in the opmath type T, each row padded to Wp (a multiple of the
+// vector width) with zeros.
+template <typename T>
+struct Program {
+  using Vec = Vectorized<T>;
+  static constexpr int64_t V = Vec::size();
+  const RunSpec& run;
+  int64_t W, Wp;
+  std::vector<std::vector<T>> rows;  // per step: Bias: shift; Norm affine: scale then shift (2 Wp)
+  Vec tail;                          // 1 on the lanes of the last vector that hold channels, 0 past them
+
+  Program(const RunSpec& r, const std::vector<at::Tensor>& params)
+      : run(r), W(r.width.expect_int()), Wp((W + V - 1) / V * V), rows(r.steps.size()) {
+    auto widened = [&](const at::Tensor& t, std::vector<T>& into, int64_t offset) {
+      const at::Tensor v = t.to(at::kCPU, c10::CppTypeToScalarType<T>::value).contiguous();
+      TORCH_CHECK(v.numel() == W, "contres: internal error: a run parameter of ", v.numel(), " entries for width ", W);
+      std::copy(v.const_data_ptr<T>(), v.const_data_ptr<T>() + W, into.begin() + offset);
+    };
+    for (size_t s = 0; s < r.steps.size(); ++s) {
+      const RunStep& step = r.steps[s];
+      if (step.param < 0) continue;
+      const bool pair = step.kind == Stage::Norm;
+      rows[s].assign((pair ? 2 : 1) * Wp, T(0));
+      widened(params.at(step.param), rows[s], 0);
+      if (pair) widened(params.at(step.param + 1), rows[s], Wp);
+    }
+    T lanes[V];
+    for (int64_t i = 0; i < V; ++i) lanes[i] = W % V == 0 || i < W % V ? T(1) : T(0);
+    tail = Vec::loadu(lanes);
+  }
+  int64_t steps() const { return static_cast<int64_t>(run.steps.size()); }
+  // Lanes of the vector at channel c that hold channels.
+  int64_t lanes(int64_t c) const { return std::min<int64_t>(V, W - c); }
+  Vec masked(const Vec& v, int64_t c) const { return c + V > W ? v * tail : v; }
+  const T* shift(int64_t s) const { return rows[s].data(); }
+  const T* scale(int64_t s) const { return rows[s].empty() ? nullptr : rows[s].data(); }
+  const T* norm_shift(int64_t s) const { return rows[s].data() + Wp; }
+};
+
+// A group norm's statistics for one sample as per-channel rows: mean and 1 / std (forward), and in the backward
+// the means over the group of dxhat and dxhat * xhat.
+template <typename T>
+struct SampleRows {
+  std::vector<std::vector<T>> mean, rstd, m1, m2;  // per step (empty unless grouped)
+  explicit SampleRows(size_t steps) : mean(steps), rstd(steps), m1(steps), m2(steps) {}
+
+  // From the (B, groups, 2) statistics of each grouped step, for sample b.
+  void load_stats(const Program<T>& prog, const std::vector<at::Tensor>& stats, int64_t b, int64_t upto = -1) {
+    for (int64_t s = 0; s < (upto < 0 ? prog.steps() : upto); ++s) {
+      const RunStep& step = prog.run.steps[s];
+      if (!step.grouped() || !stats[s].defined()) continue;
+      const T* st = stats[s].const_data_ptr<T>() + b * step.groups * 2;
+      const int64_t per = prog.W / step.groups;
+      mean[s].assign(prog.Wp, T(0)), rstd[s].assign(prog.Wp, T(0));
+      for (int64_t c = 0; c < prog.W; ++c) mean[s][c] = st[2 * (c / per)], rstd[s][c] = st[2 * (c / per) + 1];
+    }
+  }
+};
+
+// One thread's scratch: each step's input row (xs[s], s = 0 .. steps; xs[steps] is the run's output), the
+// gradient row, and the tv steps' 1 / r of the pixel.
+template <typename T>
+struct PixelRows {
+  std::vector<T> xs, d;
+  std::vector<T> inv_r;
+  int64_t Wp;
+  PixelRows(const Program<T>& prog)
+      : xs((prog.steps() + 1) * prog.Wp, T(0)), d(prog.Wp, T(0)), inv_r(prog.steps() + 1, T(0)), Wp(prog.Wp) {}
+  T* x(int64_t s) { return xs.data() + s * Wp; }
+};
+
+// xs[0] = the pixel's input (+ the time map), then steps [0, upto) forward into xs[1 .. upto]. Act is the run's
+// activation; `mask`/`bit0` take the sign bits of the activation's input when set.
+template <typename T, Act A, typename In>
+void recompute(const Program<T>& prog, const SampleRows<T>& rows, PixelRows<T>& px, const In* in, const T* tmap,
+               int64_t upto, uint8_t* mask = nullptr, int64_t bit0 = 0) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  T* x0 = px.x(0);
+  for (int64_t c = 0; c < prog.W; c += V) {
+    Vec v = load_n(in + c, prog.lanes(c));
+    if (tmap) v = v + load_n(tmap + c, prog.lanes(c));
+    v.store(x0 + c);
+  }
+  for (int64_t s = 0; s < upto; ++s) {
+    const RunStep& step = prog.run.steps[s];
+    const T* x = px.x(s);
+    T* y = px.x(s + 1);
+    switch (step.kind) {
+      case Stage::Bias:
+        for (int64_t c = 0; c < prog.Wp; c += V) (Vec::loadu(x + c) + Vec::loadu(prog.shift(s) + c)).store(y + c);
+        break;
+      case Stage::Neg:
+        for (int64_t c = 0; c < prog.Wp; c += V) Vec::loadu(x + c).neg().store(y + c);
+        break;
+      case Stage::Act:
+        for (int64_t c = 0; c < prog.Wp; c += V) {
+          const Vec v = Vec::loadu(x + c);
+          if (mask) put_bits(mask, bit0 + c, act_sign_bits<A>(v), prog.lanes(c));
+          cpu::act_vec<A>(v).store(y + c);
+        }
+        break;
+      case Stage::Norm: {
+        const T* gamma = prog.scale(s);
+        if (!step.grouped()) {  // tv: this pixel's length
+          Vec ss(0);
+          for (int64_t c = 0; c < prog.Wp; c += V) {
+            const Vec v = prog.masked(Vec::loadu(x + c), c);
+            ss = at::vec::fmadd(v, v, ss);
+          }
+          const T total = at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, ss);
+          const T inv = T(1) / std::sqrt(total + static_cast<T>(step.eps));
+          px.inv_r[s] = inv;
+          for (int64_t c = 0; c < prog.Wp; c += V) {
+            Vec n = Vec::loadu(x + c) * Vec(inv);
+            if (gamma) n = at::vec::fmadd(n, Vec::loadu(gamma + c), Vec::loadu(prog.norm_shift(s) + c));
+            n.store(y + c);
+          }
+        } else {
+          const T* mean = rows.mean[s].data();
+          const T* rstd = rows.rstd[s].data();
+          for (int64_t c = 0; c < prog.Wp; c += V) {
+            Vec n = (Vec::loadu(x + c) - Vec::loadu(mean + c)) * Vec::loadu(rstd + c);
+            if (gamma) n = at::vec::fmadd(n, Vec::loadu(gamma + c), Vec::loadu(prog.norm_shift(s) + c));
+            n.store(y + c);
+          }
+        }
+        break;
+      }
+      case Stage::Conv:
+      case Stage::ConvT:
+        TORCH_CHECK(false, "contres: internal error: a convolution inside a run");
+    }
+  }
+}
+
+// Per-item sums of one row of channels each (parameter gradients, a norm's partial moments), added in item order.
+template <typename T>
+struct ItemSums {
+  int64_t rows, Wp;
+  std::vector<T> data;  // (items, rows, Wp)
+  ItemSums(int64_t items, int64_t rows_, int64_t Wp_) : rows(rows_), Wp(Wp_), data(items * rows_ * Wp_, T(0)) {}
+  T* at(int64_t item, int64_t row) { return data.data() + (item * rows + row) * Wp; }
+  // The total of row `row` over the items [begin, end), in order.
+  std::vector<double> total(int64_t row, int64_t begin, int64_t end) {
+    std::vector<double> t(Wp, 0.0);
+    for (int64_t i = begin; i < end; ++i) {
+      const T* r = at(i, row);
+      for (int64_t c = 0; c < Wp; ++c) t[c] += static_cast<double>(r[c]);
+    }
+    return t;
+  }
+};
+
+// A grouped norm's statistics: per item and channel, the count-free shifted sums of x - x_first and its square
+// (x_first: the channel's value at the item's first pixel), merged per sample and group in double with Chan's rule.
+template <typename T, Act A, typename In>
+void norm_statistics(const Program<T>& prog, const Items& items, int64_t s, const In* in, const T* tmap, int64_t HW,
+                     int64_t batch, const std::vector<at::Tensor>& all_stats) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const int64_t W = prog.W, Wp = prog.Wp;
+  ItemSums<T> sums(items.count, 3, Wp);  // shift, sum of x - shift, sum of (x - shift)^2
+  at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
+    PixelRows<T> px(prog);
+    SampleRows<T> rows(prog.run.steps.size());
+    int64_t loaded = -1;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = items.sample(i);
+      if (b != loaded) rows.load_stats(prog, all_stats, b, s), loaded = b;
+      T *shift = sums.at(i, 0), *s1 = sums.at(i, 1), *s2 = sums.at(i, 2);
+      const int64_t p0 = items.first(i);
+      for (int64_t p = p0; p < p0 + items.size(i); ++p) {
+        recompute<T, A, In>(prog, rows, px, in + p * W, tmap ? tmap + (p % HW) * W : nullptr, s);
+        const T* x = px.x(s);
+        if (p == p0) std::copy(x, x + Wp, shift);
+        for (int64_t c = 0; c < Wp; c += V) {
+          const Vec dv = Vec::loadu(x + c) - Vec::loadu(shift + c);
+          (Vec::loadu(s1 + c) + dv).store(s1 + c);
+          at::vec::fmadd(dv, dv, Vec::loadu(s2 + c)).store(s2 + c);
+        }
+      }
+    }
+  });
+  const RunStep& step = prog.run.steps[s];
+  const int64_t per = W / step.groups;
+  T* out = all_stats[s].mutable_data_ptr<T>();
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t g = 0; g < step.groups; ++g) {
+      double n = 0, mean = 0, m2 = 0;  // merged over (item, channel) pieces
+      for (int64_t i = b * items.per_b; i < (b + 1) * items.per_b; ++i) {
+        const double k = static_cast<double>(items.size(i));
+        for (int64_t c = g * per; c < (g + 1) * per; ++c) {
+          const double sh = sums.at(i, 0)[c], a1 = sums.at(i, 1)[c], a2 = sums.at(i, 2)[c];
+          const double piece_mean = sh + a1 / k, piece_m2 = std::max(0.0, a2 - a1 * a1 / k);
+          const double total = n + k, delta = piece_mean - mean;
+          mean += delta * k / total;
+          m2 += piece_m2 + delta * delta * n * k / total;
+          n = total;
+        }
+      }
+      out[2 * (b * step.groups + g)] = static_cast<T>(mean);
+      out[2 * (b * step.groups + g) + 1] = static_cast<T>(1.0 / std::sqrt(m2 / n + step.eps));
+    }
+  }
+}
+
+template <typename Fn>
+void dispatch_run_dtypes(at::ScalarType state, at::ScalarType conv, bool in_is_state, const char* pass, const Fn& fn) {
+  cpu::dispatch_dtypes(state, conv, pass, [&](auto types) {
+    using S = typename decltype(types)::state_t;
+    using L = typename decltype(types)::conv_t;
+    if (in_is_state) fn(types, S{});
+    else fn(types, L{});
+  });
+}
+
+// ------------------------------------------------------------------------------------------------- forward
+
+template <typename S, typename L, typename In, Act A>
+void run_forward(const RunForwardPass& a) {
+  using T = at::opmath_type<S>;
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const RunSpec& run = *a.run;
+  const Program<T> prog(run, a.params);
+  const int64_t W = prog.W, pixels = a.in.numel() / W, HW = pixels / std::max<int64_t>(a.batch, 1);
+  bool grouped = false;
+  for (const RunStep& st : run.steps) grouped = grouped || st.grouped();
+  const Items items(pixels, a.batch, W, grouped);
+  const In* in = a.in.const_data_ptr<In>();
+  const T* tmap = a.time_map.defined() ? a.time_map.const_data_ptr<T>() : nullptr;
+  std::vector<at::Tensor> stats = a.stats;
+  stats.resize(run.steps.size());
+  for (int64_t s = 0; s < prog.steps(); ++s)
+    if (run.steps[s].grouped()) norm_statistics<T, A, In>(prog, items, s, in, tmap, HW, a.batch, stats);
+
+  const Combination& comb = a.comb;
+  const bool combine = comb.out.defined() || comb.out_low.defined();
+  L* out = a.out.defined() ? a.out.mutable_data_ptr<L>() : nullptr;
+  const Aux keep = a.keep.defined() ? run.keep : Aux::None;
+  In* pre = keep == Aux::Pre ? a.keep.mutable_data_ptr<In>() : nullptr;
+  L* value = keep == Aux::Value ? a.keep.mutable_data_ptr<L>() : nullptr;
+  uint8_t* mask = keep == Aux::Mask ? a.keep.mutable_data_ptr<uint8_t>() : nullptr;
+  int64_t act_step = -1;
+  for (int64_t s = 0; s < prog.steps(); ++s)
+    if (run.steps[s].kind == Stage::Act) act_step = s;
+  S* o = comb.out.defined() ? comb.out.mutable_data_ptr<S>() : nullptr;
+  L* o_low = comb.out_low.defined() ? comb.out_low.mutable_data_ptr<L>() : nullptr;
+  S* o2 = comb.out2.defined() ? comb.out2.mutable_data_ptr<S>() : nullptr;
+  const S* x0 = combine ? comb.x0.const_data_ptr<S>() : nullptr;
+  const S* x1 = combine && comb.x1.defined() ? comb.x1.const_data_ptr<S>() : nullptr;
+  const S* y0 = o2 ? comb.y0.const_data_ptr<S>() : nullptr;
+  const Vec c0(static_cast<T>(comb.c0)), c1(static_cast<T>(comb.c1)), alpha(static_cast<T>(comb.alpha)),
+      beta(static_cast<T>(comb.beta));
+  const int64_t ns = prog.steps();
+
+  at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
+    PixelRows<T> px(prog);
+    SampleRows<T> rows(run.steps.size());
+    int64_t loaded = -1;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = items.sample(i);
+      if (grouped && b != loaded) rows.load_stats(prog, stats, b), loaded = b;
+      const int64_t p0 = items.first(i), n = items.size(i);
+      if (mask) std::memset(mask + p0 * W / 8, 0, (n * W + 7) / 8);
+      for (int64_t p = p0; p < p0 + n; ++p) {
+        const int64_t e = p * W;
+        uint8_t* bits = mask && act_step >= 0 ? mask : nullptr;
+        // Mask: the activation's input signs, recorded as the activation runs.
+        recompute<T, A, In>(prog, rows, px, in + e, tmap ? tmap + (p % HW) * W : nullptr, ns, bits, e);
+        if (pre) std::memcpy(pre + e, in + e, W * sizeof(In));  // every read of in + e is done
+        const T* f = px.x(ns);
+        for (int64_t c = 0; c < W; c += V) {
+          const int64_t k = prog.lanes(c);
+          const Vec fv = Vec::loadu(f + c);
+          if (out) store_n(out + e + c, fv, k);
+          if (value) store_n(value + e + c, fv, k);
+          if (combine) {
+            Vec acc = c0 * load_n(x0 + e + c, k);
+            if (x1) acc = at::vec::fmadd(c1, load_n(x1 + e + c, k), acc);
+            acc = at::vec::fmadd(alpha, fv, acc);
+            if (o) store_n(o + e + c, acc, k);
+            if (o_low) store_n(o_low + e + c, acc, k);
+          }
+          if (o2) store_n(o2 + e + c, at::vec::fmadd(beta, fv, load_n(y0 + e + c, k)), k);
+        }
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------------ backward
+
+// Which row of an item's ItemSums each parameter gradient of the run goes to.
+struct GradRows {
+  std::vector<int64_t> of_step;  // per step: its first row (-1: none); a norm's shift is the next row
+  int64_t conv_bias = -1;
+  int64_t count = 0;
+};
+
+template <typename S, typename L, typename In, Act A>
+void run_gate(const RunGatePass& a) {
+  using T = at::opmath_type<S>;
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const RunSpec& run = *a.run;
+  const Program<T> prog(run, a.params);
+  const int64_t W = prog.W, Wp = prog.Wp, ns = prog.steps();
+  const int64_t pixels = a.g.numel() / W, HW = pixels / std::max<int64_t>(a.batch, 1);
+  bool grouped = false;
+  for (const RunStep& st : run.steps) grouped = grouped || st.grouped();
+  const Items items(pixels, a.batch, W, grouped);
+  const bool last = a.lam.defined();
+  const In* in = a.in.defined() ? a.in.const_data_ptr<In>() : nullptr;
+  const T* tmap = a.time_map.defined() ? a.time_map.const_data_ptr<T>() : nullptr;
+  const L* value = run.keep == Aux::Value && a.kept.defined() ? a.kept.const_data_ptr<L>() : nullptr;
+  const uint8_t* mask = run.keep == Aux::Mask && a.kept.defined() ? a.kept.const_data_ptr<uint8_t>() : nullptr;
+  TORCH_CHECK(in || !grouped, "contres: internal error: a run with a norm recomputes from its input");
+  const L* dy = last ? nullptr : a.dy.const_data_ptr<L>();
+  const S* lam = last ? a.lam.const_data_ptr<S>() : nullptr;
+  const L* mu = last && a.mu.defined() ? a.mu.const_data_ptr<L>() : nullptr;
+  S* sum_out = a.sum_out.defined() ? a.sum_out.mutable_data_ptr<S>() : nullptr;
+  const S* sum_in = sum_out ? (a.sum_in.defined() ? a.sum_in : a.lam).const_data_ptr<S>() : nullptr;
+  L* g = a.g.mutable_data_ptr<L>();
+  L* out = a.out.defined() ? a.out.mutable_data_ptr<L>() : nullptr;
+  const Vec cmu(static_cast<T>(a.c_mu)), scale(static_cast<T>(a.scale));
+
+  GradRows grad_rows;
+  grad_rows.of_step.assign(ns, -1);
+  for (int64_t s = 0; s < ns; ++s) {
+    const RunStep& st = run.steps[s];
+    if (st.param < 0 || static_cast<size_t>(st.param) >= a.param_grads.size() || !a.param_grads[st.param].defined())
+      continue;
+    grad_rows.of_step[s] = grad_rows.count;
+    grad_rows.count += st.kind == Stage::Norm ? 2 : 1;
+  }
+  if (a.conv_bias_grad.defined()) grad_rows.conv_bias = grad_rows.count++;
+
+  // The group sums of each grouped step (per sample and group: the means of dxhat and dxhat * xhat), from the last
+  // step's to the first's: a step's sweep needs those of the steps after it.
+  std::vector<at::Tensor> stats = a.stats;
+  stats.resize(ns);
+  std::vector<std::vector<T>> group_means(ns);  // per step: (B, groups, 2)
+
+  // The backward of one pixel from its output to step `stop` (a grouped step whose sums are being formed, or 0);
+  // with `sums`, the grouped step `stop` adds its dxhat and dxhat * xhat there and the pixel ends.
+  auto pixel = [&](PixelRows<T>& px, const SampleRows<T>& rows, int64_t p, int64_t stop, T* sum1, T* sum2,
+                   ItemSums<T>* grads, int64_t item) {
+    const int64_t e = p * W;
+    if (in) recompute<T, A, In>(prog, rows, px, in + e, tmap ? tmap + (p % HW) * W : nullptr, ns);
+    T* d = px.d.data();
+    const bool final_pass = sum1 == nullptr;
+    for (int64_t c = 0; c < W; c += V) {
+      const int64_t k = prog.lanes(c);
+      Vec v;
+      if (last) {
+        v = load_n(lam + e + c, k);
+        if (mu) {
+          const Vec m = load_n(mu + e + c, k);
+          v = at::vec::fmadd(cmu, m, v);
+          if (sum_out && final_pass) store_n(sum_out + e + c, load_n(sum_in + e + c, k) + m, k);
+        }
+        v = v * scale;
+      } else {
+        v = load_n(dy + e + c, k);
+      }
+      v.store(d + c);
+    }
+    if (out && final_pass) {
+      for (int64_t c = 0; c < W; c += V) store_n(out + e + c, Vec::loadu(px.x(ns) + c), prog.lanes(c));
+    }
+    for (int64_t s = ns - 1; s >= stop; --s) {
+      const RunStep& st = run.steps[s];
+      const int64_t gr = grad_rows.of_step[s];
+      T* acc = grads && gr >= 0 ? grads->at(item, gr) : nullptr;
+      switch (st.kind) {
+        case Stage::Bias:
+          if (acc)
+            for (int64_t c = 0; c < Wp; c += V) (Vec::loadu(acc + c) + Vec::loadu(d + c)).store(acc + c);
+          break;
+        case Stage::Neg:
+          for (int64_t c = 0; c < Wp; c += V) Vec::loadu(d + c).neg().store(d + c);
+          break;
+        case Stage::Act:
+          for (int64_t c = 0; c < Wp; c += V) {
+            Vec df(T(1));  // identity, or a linear run
+            if (in) df = act_df_recomputed<A>(Vec::loadu(px.x(s) + c), Vec::loadu(px.x(s + 1) + c));
+            else if (value) df = act_df_recomputed<A>(load_n(value + e + c, prog.lanes(c)), load_n(value + e + c, prog.lanes(c)));
+            else if (mask) df = act_df_from_bits<A, T>(get_bits(mask, e + c, prog.lanes(c)));
+            (Vec::loadu(d + c) * df).store(d + c);
+          }
+          break;
+        case Stage::Norm: {
+          const T* gamma = prog.scale(s);
+          T* acc_b = acc ? acc + Wp : nullptr;  // the norm shift's row follows its scale's
+          if (!st.grouped()) {
+            const T inv = px.inv_r[s];
+            const Vec iv(inv);
+            Vec dot(0);
+            for (int64_t c = 0; c < Wp; c += V) {
+              const Vec n = Vec::loadu(px.x(s) + c) * iv;
+              Vec dv = Vec::loadu(d + c);
+              if (gamma) {
+                if (acc) {
+                  at::vec::fmadd(dv, n, Vec::loadu(acc + c)).store(acc + c);
+                  (Vec::loadu(acc_b + c) + dv).store(acc_b + c);
+                }
+                dv = dv * Vec::loadu(gamma + c);
+                dv.store(d + c);
+              }
+              dot = at::vec::fmadd(prog.masked(n, c), dv, dot);
+            }
+            const Vec dt(at::vec::vec_reduce_all<T>([](Vec& x, Vec& y) { return x + y; }, dot));
+            for (int64_t c = 0; c < Wp; c += V) {
+              const Vec n = Vec::loadu(px.x(s) + c) * iv;
+              ((Vec::loadu(d + c) - n * dt) * iv).store(d + c);
+            }
+          } else {
+            const T* mean = rows.mean[s].data();
+            const T* rstd = rows.rstd[s].data();
+            for (int64_t c = 0; c < Wp; c += V) {
+              const Vec xhat = (Vec::loadu(px.x(s) + c) - Vec::loadu(mean + c)) * Vec::loadu(rstd + c);
+              Vec dv = Vec::loadu(d + c);
+              if (gamma) {
+                if (acc) {
+                  at::vec::fmadd(dv, xhat, Vec::loadu(acc + c)).store(acc + c);
+                  (Vec::loadu(acc_b + c) + dv).store(acc_b + c);
+                }
+                dv = dv * Vec::loadu(gamma + c);
+              }
+              if (s == stop && sum1) {
+                (Vec::loadu(sum1 + c) + dv).store(sum1 + c);
+                at::vec::fmadd(dv, xhat, Vec::loadu(sum2 + c)).store(sum2 + c);
+                continue;
+              }
+              const Vec m1 = Vec::loadu(rows.m1[s].data() + c), m2 = Vec::loadu(rows.m2[s].data() + c);
+              (Vec::loadu(rstd + c) * (dv - m1 - xhat * m2)).store(d + c);
+            }
+            if (s == stop && sum1) return;
+          }
+          break;
+        }
+        case Stage::Conv:
+        case Stage::ConvT:
+          TORCH_CHECK(false, "contres: internal error: a convolution inside a run");
+      }
+    }
+    if (!final_pass) return;
+    T* acc = grads && grad_rows.conv_bias >= 0 ? grads->at(item, grad_rows.conv_bias) : nullptr;
+    for (int64_t c = 0; c < W; c += V) {
+      const Vec dv = Vec::loadu(d + c);
+      store_n(g + e + c, dv, prog.lanes(c));
+      if (acc) (Vec::loadu(acc + c) + dv).store(acc + c);
+    }
+  };
+
+  auto load_rows = [&](SampleRows<T>& rows, int64_t b) {
+    rows.load_stats(prog, stats, b);
+    for (int64_t s = 0; s < ns; ++s) {
+      const RunStep& st = run.steps[s];
+      if (!st.grouped() || group_means[s].empty()) continue;
+      const int64_t per = W / st.groups;
+      rows.m1[s].assign(Wp, T(0)), rows.m2[s].assign(Wp, T(0));
+      for (int64_t c = 0; c < W; ++c) {
+        rows.m1[s][c] = group_means[s][2 * (b * st.groups + c / per)];
+        rows.m2[s][c] = group_means[s][2 * (b * st.groups + c / per) + 1];
+      }
+    }
+  };
+
+  for (int64_t s = ns - 1; s >= 0; --s) {
+    const RunStep& st = run.steps[s];
+    if (!st.grouped()) continue;
+    ItemSums<T> sums(items.count, 2, Wp);
+    at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
+      PixelRows<T> px(prog);
+      SampleRows<T> rows(run.steps.size());
+      int64_t loaded = -1;
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t b = items.sample(i);
+        if (b != loaded) load_rows(rows, b), loaded = b;
+        for (int64_t p = items.first(i); p < items.first(i) + items.size(i); ++p)
+          pixel(px, rows, p, s, sums.at(i, 0), sums.at(i, 1), nullptr, i);
+      }
+    });
+    const int64_t per = W / st.groups;
+    const double count = static_cast<double>(per * HW);
+    group_means[s].assign(a.batch * st.groups * 2, T(0));
+    for (int64_t b = 0; b < a.batch; ++b) {
+      const std::vector<double> t1 = sums.total(0, b * items.per_b, (b + 1) * items.per_b);
+      const std::vector<double> t2 = sums.total(1, b * items.per_b, (b + 1) * items.per_b);
+      for (int64_t gi = 0; gi < st.groups; ++gi) {
+        double a1 = 0, a2 = 0;
+        for (int64_t c = gi * per; c < (gi + 1) * per; ++c) a1 += t1[c], a2 += t2[c];
+        group_means[s][2 * (b * st.groups + gi)] = static_cast<T>(a1 / count);
+        group_means[s][2 * (b * st.groups + gi) + 1] = static_cast<T>(a2 / count);
+      }
+    }
+  }
+
+  ItemSums<T> grads(items.count, grad_rows.count, Wp);
+  at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
+    PixelRows<T> px(prog);
+    SampleRows<T> rows(run.steps.size());
+    int64_t loaded = -2;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = items.sample(i);
+      if (grouped && b != loaded) load_rows(rows, b), loaded = b;
+      for (int64_t p = items.first(i); p < items.first(i) + items.size(i); ++p)
+        pixel(px, rows, p, 0, nullptr, nullptr, &grads, i);
+    }
+  });
+
+  auto write = [&](const at::Tensor& target, int64_t row) {
+    const std::vector<double> t = grads.total(row, 0, items.count);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, target.scalar_type(), "contres_run_grad", [&] {
+      scalar_t* o = target.mutable_data_ptr<scalar_t>();
+      for (int64_t c = 0; c < W; ++c) o[c] = static_cast<scalar_t>(t[c]);
+    });
+  };
+  for (int64_t s = 0; s < ns; ++s) {
+    const int64_t gr = grad_rows.of_step[s];
+    if (gr < 0) continue;
+    const RunStep& st = run.steps[s];
+    write(a.param_grads[st.param], gr);
+    if (st.kind == Stage::Norm) write(a.param_grads[st.param + 1], gr + 1);
+  }
+  if (grad_rows.conv_bias >= 0) write(a.conv_bias_grad, grad_rows.conv_bias);
+}
+
+}  // namespace
+
+void run_forward_pass_cpu(const RunForwardPass& a) {
+  const bool first = a.run->conv < 0;
+  const at::ScalarType conv = first ? a.out.scalar_type() : a.in.scalar_type();
+  const at::ScalarType state = first ? a.in.scalar_type() : a.comb.state_dtype(conv);
+  dispatch_run_dtypes(state, conv, first, "contres_run_forward_cpu", [&](auto types, auto in_tag) {
+    using S = typename decltype(types)::state_t;
+    using L = typename decltype(types)::conv_t;
+    using In = decltype(in_tag);
+    dispatch_activation(a.run->shape.act, [&](auto act) { run_forward<S, L, In, decltype(act)::value>(a); });
+  });
+}
+
+void run_gate_pass_cpu(const RunGatePass& a) {
+  TORCH_CHECK(!a.sum_out.defined() || a.mu.defined(), "contres: internal error: the gate's running sum adds mu");
+  const bool first = a.run->conv < 0;
+  const at::ScalarType conv = a.g.scalar_type();
+  const at::ScalarType state = a.lam.defined() ? a.lam.scalar_type() : first && a.in.defined() ? a.in.scalar_type() : conv;
+  dispatch_run_dtypes(state, conv, first, "contres_run_gate_cpu", [&](auto types, auto in_tag) {
+    using S = typename decltype(types)::state_t;
+    using L = typename decltype(types)::conv_t;
+    using In = decltype(in_tag);
+    dispatch_activation(a.run->shape.act, [&](auto act) { run_gate<S, L, In, decltype(act)::value>(a); });
+  });
+}
+
+}  // namespace contres

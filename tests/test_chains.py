@@ -1,0 +1,267 @@
+"""Right-hand sides as chains of stages (contres.chain, docs/math.md section 7): the fused op against the reference
+(plain PyTorch: F.conv2d over torch.cat([t, z]), F.group_norm, F.conv_transpose2d) for every stage, norm, method,
+memory mode and interpolation, forward and every parameter's gradient; the ATen composition of the run passes
+(the CUDA path) against the CPU kernels; the widths and parameter names of the Python plan against the op's."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import contres
+from contres import chain, reference
+from conftest import assert_close_rel, random_like, tol_for
+
+# (name, layer, norm, options): options are ODEBlock keywords beyond the layer and norm.
+CHAINS = [
+    ("tuple_single", ("conv", "act"), "none", {}),
+    ("conv_bias_act", ("conv", "bias", "act"), "none", {}),
+    ("conv_t_bias_neg", ("conv", "act", "conv_t", "bias", "neg"), "none", {}),
+    ("seed_double_sym_tv", ("conv", "norm", "bias", "act", "conv_t", "bias", "neg"), "tv", {"norm_eps": 1e-4}),
+    ("seed_double_group", ("conv", "norm", "bias", "act", "conv", "norm", "bias", "act"), "group",
+     {"norm_groups": 2}),
+    ("seed_preact_instance", ("act", "conv", "norm", "bias", "act", "conv", "norm", "bias"), "instance", {}),
+    ("torchdiffeq", ("norm", "act", "conv", "norm", "act", "conv", "norm"), "group",
+     {"norm_affine": True, "time_channel": True, "norm_groups": 2}),
+    ("neg_conv", ("neg", "conv"), "none", {}),
+    ("conv_conv", ("conv", "conv"), "none", {}),
+    ("two_acts", ("conv", "act", "act"), "none", {}),
+    ("two_norms", ("conv", "norm", "norm", "act"), "group", {"norm_groups": 2, "norm_affine": True}),
+    ("act_then_bias", ("conv", "act", "bias"), "none", {}),
+    ("tv_affine_time", ("conv", "norm", "act"), "tv", {"norm_affine": True, "time_channel": True}),
+    ("single_group_preset", "single", "group", {"norm_groups": 1}),
+    ("double_sym_hidden_time", "double_sym", "none", {"time_channel": True}),
+]
+CHAIN_IDS = [c[0] for c in CHAINS]
+BY_NAME = {c[0]: c for c in CHAINS}
+
+
+def chain_block(layer, norm, options, *, C=4, hidden=None, N=3, M=2, k=3, activation="relu", interp="linear",
+                method="euler", memory="states", checkpoint=False, dtype=torch.float64, seed=0, scale=0.4):
+    """An ODEBlock of the chain with random parameters of the given scale (norm scales about 1)."""
+    block = contres.ODEBlock(C, N, M, layer=layer, norm=norm, activation=activation, interp=interp, kernel_size=k,
+                             method=method, memory=memory, checkpoint=checkpoint, hidden_channels=hidden,
+                             dtype=dtype, **options)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for spec in block.plan.params:
+            p = getattr(block, spec.name)
+            r = torch.randn(p.shape, generator=g, dtype=torch.float64)
+            if spec.kind == "kernel":
+                r = r * (scale * 3.0 / math.sqrt(spec.fan_in))
+            elif spec.kind == "norm_weight":
+                r = 1 + 0.2 * r
+            else:
+                r = r * scale
+            p.copy_(r)
+    return block
+
+
+def run_both(block, x, gy):
+    """Output and gradients (x, then every parameter) of the fused and the reference backend."""
+    out = {}
+    for backend in ("reference", "fused"):
+        block.backend = backend
+        xi = x.detach().clone().requires_grad_()
+        y = block(xi)
+        params = [getattr(block, s.name) for s in block.plan.params]
+        grads = torch.autograd.grad(y, [xi, *params], gy)
+        out[backend] = (y.detach(), grads)
+    return out
+
+
+def assert_matches_reference(block, x, dtype, what=""):
+    gy = random_like(x, seed=7)
+    res = run_both(block, x, gy)
+    (y_ref, g_ref), (y, g) = res["reference"], res["fused"]
+    assert (y_ref - x).abs().max() > 1e-3 * x.abs().max(), "the block must move the state"
+    assert_close_rel(y, y_ref, tol_for(dtype), f"{what} output")
+    names = ["x"] + [s.name for s in block.plan.params]
+    # A gradient that is zero in exact arithmetic (a conv bias before an instance norm) is compared on the scale of
+    # the largest one.
+    floor = max(gr.abs().max().item() for gr in g_ref) * 1e-6
+    for name, gf, gr in zip(names, g, g_ref):
+        assert gf.shape == gr.shape and gf.dtype == gr.dtype, name
+        if gr.abs().max().item() < floor:
+            assert (gf - gr).abs().max().item() <= tol_for(dtype, grad=True) * floor * 1e6, f"{what} grad {name}"
+            continue
+        assert_close_rel(gf, gr, tol_for(dtype, grad=True), f"{what} grad {name}")
+
+
+def inputs(C=4, B=2, H=5, W=6, dtype=torch.float64, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, C, H, W, generator=g, dtype=torch.float64).to(dtype)
+
+
+# ------------------------------------------------------------------------------------- every chain, every method
+@pytest.mark.parametrize("method", ["euler", "rk4", "leapfrog"])
+@pytest.mark.parametrize("name", CHAIN_IDS)
+def test_chain_matches_reference(name, method):
+    _, layer, norm, options = BY_NAME[name]
+    hidden = 6 if name in ("seed_double_sym_tv", "seed_double_group", "double_sym_hidden_time", "conv_conv") else None
+    block = chain_block(layer, norm, options, hidden=hidden, method=method, seed=CHAIN_IDS.index(name))
+    assert_matches_reference(block, inputs(), torch.float64, f"{name}/{method}")
+
+
+@pytest.mark.parametrize("activation", reference.ACTIVATIONS)
+def test_every_activation_in_a_chain(activation):
+    """Each activation in a run the backward recomputes (Pre, after a norm) and in one it reads kept (Value or
+    Mask): ("conv", "bias", "act", "conv", "norm", "act")."""
+    block = chain_block(("conv", "bias", "act", "conv", "norm", "act"), "instance", {"norm_affine": True},
+                        activation=activation, hidden=5)
+    assert_matches_reference(block, inputs(), torch.float64, activation)
+
+
+@pytest.mark.parametrize("interp", ["constant", "linear"])
+@pytest.mark.parametrize("name", ["torchdiffeq", "seed_double_sym_tv", "seed_preact_instance"])
+def test_interpolations(name, interp):
+    _, layer, norm, options = BY_NAME[name]
+    block = chain_block(layer, norm, options, N=5, M=3, interp=interp, method="rk4")
+    assert_matches_reference(block, inputs(), torch.float64, f"{name}/{interp}")
+
+
+@pytest.mark.parametrize("checkpoint", [True, 2], ids=["ckpt=True", "ckpt=2"])
+@pytest.mark.parametrize("method", ["euler", "rk4", "leapfrog"])
+@pytest.mark.parametrize("name", ["torchdiffeq", "seed_double_sym_tv", "seed_preact_instance", "conv_bias_act"])
+def test_checkpointing(name, method, checkpoint):
+    _, layer, norm, options = BY_NAME[name]
+    block = chain_block(layer, norm, options, N=5, method=method, checkpoint=checkpoint)
+    assert_matches_reference(block, inputs(), torch.float64, f"{name}/{method}/{checkpoint}")
+
+
+@pytest.mark.parametrize("name", CHAIN_IDS)
+def test_reversible_leapfrog(name):
+    """memory='reversible' walks back recomputing u_{k-1} = 2 u_k - u_{k+1} + h^2 f(u_k): every chain allows it
+    (it needs f alone)."""
+    _, layer, norm, options = BY_NAME[name]
+    block = chain_block(layer, norm, options, N=4, method="leapfrog", memory="reversible")
+    assert_matches_reference(block, inputs(), torch.float64, name)
+
+
+@pytest.mark.parametrize("name", ["torchdiffeq", "seed_double_sym_tv", "seed_double_group", "seed_preact_instance",
+                                  "two_norms", "conv_bias_act"])
+def test_float32(name):
+    _, layer, norm, options = BY_NAME[name]
+    block = chain_block(layer, norm, options, dtype=torch.float32, hidden=8)
+    assert_matches_reference(block, inputs(dtype=torch.float32), torch.float32, name)
+
+
+@pytest.mark.parametrize("name", ["torchdiffeq", "seed_double_group", "conv_bias_act"])
+def test_channels_not_a_multiple_of_the_vector_width(name):
+    """C = 7 and 12 (prime, and one that does not fill a vector of 8): the kernels' partial last vector, the
+    Mask's bytes across pixels and the norms' per-channel rows."""
+    _, layer, norm, options = BY_NAME[name]
+    for C in (7, 12):
+        opts = dict(options)
+        if "norm_groups" in opts:
+            opts["norm_groups"] = 1 if C == 7 else 2
+        block = chain_block(layer, norm, opts, C=C, hidden=C + 2 if name == "seed_double_group" else None)
+        assert_matches_reference(block, inputs(C=C, H=3, W=7), torch.float64, f"{name}/C{C}")
+
+
+@pytest.mark.parametrize("name", ["torchdiffeq", "seed_preact_instance", "conv_bias_act"])
+def test_past_one_piece_of_work(name):
+    """Enough pixels that a run pass splits them into several items (16384 elements each) and, with
+    several threads, runs them in parallel: the sums over items stay exact and ordered."""
+    _, layer, norm, options = BY_NAME[name]
+    block = chain_block(layer, norm, {**options, **({"norm_groups": 4} if "norm_groups" in options else {})},
+                        C=12, N=2, M=1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert_matches_reference(block, inputs(C=12, B=3, H=33, W=31), torch.float64, name)
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------ the ATen run passes (CUDA's path)
+@pytest.fixture
+def aten_run_passes():
+    contres._ext._C._set_run_passes("aten")
+    yield
+    contres._ext._C._set_run_passes("auto")
+
+
+@pytest.mark.parametrize("name", CHAIN_IDS)
+def test_aten_run_passes_match_reference(aten_run_passes, name):
+    _, layer, norm, options = BY_NAME[name]
+    block = chain_block(layer, norm, options, hidden=6 if "double" in name else None, method="rk4")
+    assert_matches_reference(block, inputs(), torch.float64, f"aten/{name}")
+
+
+def test_aten_run_passes_equal_cpu_kernels_in_float32():
+    _, layer, norm, options = BY_NAME["torchdiffeq"]
+    block = chain_block(layer, norm, options, dtype=torch.float32, C=8, hidden=8)
+    block.backend = "fused"
+    x = inputs(C=8, dtype=torch.float32).requires_grad_()
+    outs = []
+    for passes in ("auto", "aten"):
+        contres._ext._C._set_run_passes(passes)
+        try:
+            y = block(x)
+            outs.append([y, *torch.autograd.grad(y, [x, *block.parameters()], random_like(y))])
+        finally:
+            contres._ext._C._set_run_passes("auto")
+    for a, b in zip(*outs):
+        assert_close_rel(a, b, 1e-5, "cpu kernels vs aten")
+
+
+# ---------------------------------------------------------------------------------------- the plan, both sides
+@pytest.mark.parametrize("name", CHAIN_IDS)
+def test_python_plan_is_the_ops_plan(name):
+    """The op accepts exactly the parameters the Python plan makes, in its order, and refuses each one with one
+    row's shape off by one."""
+    _, layer, norm, options = BY_NAME[name]
+    block = chain_block(layer, norm, options, hidden=6)
+    x = inputs()
+    stages = chain.stages_of(layer, norm)
+    op_layer = layer if isinstance(layer, str) else chain.layer_string(stages)
+    params = [getattr(block, s.name).detach() for s in block.plan.params]
+    kw = dict(norm_eps=options.get("norm_eps"), norm_groups=options.get("norm_groups") or 0,
+              norm_affine=options.get("norm_affine", False), time_channel=options.get("time_channel", False))
+    contres.ops.ode_forward(x, params[0], params[1], 0.25, op_layer, "relu", 0, norm, "euler", "states", "linear", 3,
+                            None, params[2:], **kw)
+    for i, spec in enumerate(block.plan.params):
+        bad = list(params)
+        shape = list(bad[i].shape)
+        shape[-1] += 1
+        bad[i] = torch.zeros(shape, dtype=bad[i].dtype)
+        with pytest.raises(ValueError, match=spec.name if i >= 2 else r"weight|bias"):
+            contres.ops.ode_forward(x, bad[0], bad[1], 0.25, op_layer, "relu", 0, norm, "euler", "states",
+                                    "linear", 3, None, bad[2:], **kw)
+
+
+def test_presets_keep_their_parameters_and_results():
+    """'single' and 'double_sym' are chains too; their state dicts hold weight and bias alone, and the tuple
+    spelling of a preset gives the same block."""
+    for preset, stages in chain.PRESETS.items():
+        torch.manual_seed(0)
+        a = contres.ODEBlock(3, 2, layer=preset, dtype=torch.float64)
+        torch.manual_seed(0)
+        b = contres.ODEBlock(3, 2, layer=stages, dtype=torch.float64)
+        assert list(a.state_dict()) == ["weight", "bias"] == list(b.state_dict())
+        x = inputs(C=3)
+        assert torch.equal(a(x), b(x))
+
+
+def test_parameter_names_and_shapes():
+    block = contres.ODEBlock(4, 2, 3, layer=("conv", "norm", "bias", "act", "conv", "norm", "bias", "act"),
+                             norm="group", norm_groups=2, norm_affine=True, hidden_channels=6, time_channel=True)
+    shapes = {k: tuple(v.shape) for k, v in block.state_dict().items()}
+    assert shapes == {"weight": (3, 6, 5, 3, 3), "bias": (3, 6), "norm_weight": (3, 6), "norm_bias": (3, 6),
+                      "shift": (3, 6), "weight2": (3, 4, 7, 3, 3), "bias2": (3, 4), "norm_weight2": (3, 4),
+                      "norm_bias2": (3, 4), "shift2": (3, 4)}
+    assert torch.equal(block.norm_weight, torch.ones(3, 6)) and torch.equal(block.shift, torch.zeros(3, 6))
+
+
+def test_refine_and_smoothness_cover_every_parameter():
+    _, layer, norm, options = BY_NAME["torchdiffeq"]
+    block = chain_block(layer, norm, options, N=4, M=2, interp="linear")
+    fine = block.refine(n_controls=3)
+    x = inputs()
+    for backend in ("reference", "fused"):
+        block.backend = fine.backend = backend
+        assert_close_rel(fine(x), block(x), 1e-12, "refined on nested nodes")
+    expected = sum((p[1:] - p[:-1]).square().sum() for p in block.parameters()) / block.control_spacing
+    assert torch.allclose(block.smoothness(), expected)
