@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -90,7 +91,7 @@ unsigned act_sign_bits(const Vectorized<double>& v) {
 // Pieces of the work: runs of whole pixels, within one sample when `by_sample` (a group norm's sums are per
 // sample), else of a multiple of 8 pixels so that each owns whole bytes of a Mask.
 struct Items {
-  static constexpr int64_t kElements = 1 << 14;
+  static constexpr int64_t kElements = 1 << 12;  // a block of this many opmath values per step stays in L1-L2
   int64_t pixels, per_sample, chunk, per_b = 0, count;
   bool by_sample;
   Items(int64_t pixels_, int64_t batch, int64_t width, bool by_sample_)
@@ -164,77 +165,116 @@ struct SampleRows {
       const T* st = stats[s].const_data_ptr<T>() + b * step.groups * 2;
       const int64_t per = prog.W / step.groups;
       mean[s].assign(prog.Wp, T(0)), rstd[s].assign(prog.Wp, T(0));
-      for (int64_t c = 0; c < prog.W; ++c) mean[s][c] = st[2 * (c / per)], rstd[s][c] = st[2 * (c / per) + 1];
+      for (int64_t g = 0; g < step.groups; ++g)
+        for (int64_t c = g * per; c < (g + 1) * per; ++c) mean[s][c] = st[2 * g], rstd[s][c] = st[2 * g + 1];
     }
   }
 };
 
-// One thread's scratch: each step's input row (xs[s], s = 0 .. steps; xs[steps] is the run's output), the
-// gradient row, and the tv steps' 1 / r of the pixel.
+// One item's rows in the opmath type, pixel after pixel, each padded to Wp: the input of each step (x(s), s = 0 ..
+// steps; x(steps) is the run's output), the gradient d, and the tv steps' 1 / r per pixel. A step runs over the
+// whole block (channels outer, pixels inner where each channel has its own constants, so they and the sums stay
+// in registers), which keeps the loops long and the rows in the core's cache.
 template <typename T>
-struct PixelRows {
-  std::vector<T> xs, d;
-  std::vector<T> inv_r;
-  int64_t Wp;
-  PixelRows(const Program<T>& prog)
-      : xs((prog.steps() + 1) * prog.Wp, T(0)), d(prog.Wp, T(0)), inv_r(prog.steps() + 1, T(0)), Wp(prog.Wp) {}
-  T* x(int64_t s) { return xs.data() + s * Wp; }
+struct Block {
+  int64_t P, Wp, steps;
+  std::unique_ptr<T[]> xs, d, inv_r;  // every element a pass reads is written first (the pads by load_n)
+  Block(const Program<T>& prog, int64_t pixels)
+      : P(pixels), Wp(prog.Wp), steps(prog.steps()), xs(new T[(steps + 1) * P * Wp]), d(new T[P * Wp]),
+        inv_r(new T[std::max<int64_t>(steps, 1) * P]) {}
+  T* x(int64_t s) { return xs.get() + s * P * Wp; }
+  T* r(int64_t s) { return inv_r.get() + s * P; }
 };
 
-// xs[0] = the pixel's input (+ the time map), then steps [0, upto) forward into xs[1 .. upto]. Act is the run's
-// activation; `mask`/`bit0` take the sign bits of the activation's input when set.
+// fn(block offset, data offset, lanes) for each vector of n pixels: one flat loop when the width fills whole
+// vectors (the block rows are then the data's own layout), else pixel by pixel with a partial last vector.
+template <typename T, typename Fn>
+void for_vectors(const Program<T>& prog, int64_t n, const Fn& fn) {
+  constexpr int64_t V = Vectorized<T>::size();
+  if (prog.W == prog.Wp) {
+    for (int64_t i = 0; i < n * prog.W; i += V) fn(i, i, V);
+    return;
+  }
+  for (int64_t p = 0; p < n; ++p)
+    for (int64_t c = 0; c < prog.W; c += V) fn(p * prog.Wp + c, p * prog.W + c, prog.lanes(c));
+}
+
+// The time map's offset of data offset i of a block from pixel p0: the map repeats every HW pixels.
+struct TimeMapRows {
+  int64_t base, period;
+  TimeMapRows(int64_t p0, int64_t HW, int64_t W) : base((p0 % HW) * W), period(HW * W) {}
+  int64_t at(int64_t i) const {
+    int64_t t = base + i;
+    while (t >= period) t -= period;
+    return t;
+  }
+};
+
+// x(0) = the n pixels of `in` from pixel p0 (+ the time map), then steps [0, upto) forward. `mask` takes the sign
+// bits of the activation's input (element e of the flat data: bit e) when set.
 template <typename T, Act A, typename In>
-void recompute(const Program<T>& prog, const SampleRows<T>& rows, PixelRows<T>& px, const In* in, const T* tmap,
-               int64_t upto, uint8_t* mask = nullptr, int64_t bit0 = 0) {
+void block_forward(const Program<T>& prog, const SampleRows<T>& rows, Block<T>& blk, const In* in, const T* tmap,
+                   int64_t HW, int64_t p0, int64_t n, int64_t upto, uint8_t* mask = nullptr) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  T* x0 = px.x(0);
-  for (int64_t c = 0; c < prog.W; c += V) {
-    Vec v = load_n(in + c, prog.lanes(c));
-    if (tmap) v = v + load_n(tmap + c, prog.lanes(c));
-    v.store(x0 + c);
+  const int64_t W = prog.W, Wp = prog.Wp, flat = n * Wp;
+  T* x0 = blk.x(0);
+  const In* src = in + p0 * W;
+  if (tmap) {
+    const TimeMapRows rows_of_t(p0, HW, W);
+    for_vectors(prog, n, [&](int64_t bi, int64_t di, int64_t k) {
+      (load_n(src + di, k) + load_n(tmap + rows_of_t.at(di), k)).store(x0 + bi);
+    });
+  } else {
+    for_vectors(prog, n, [&](int64_t bi, int64_t di, int64_t k) { load_n(src + di, k).store(x0 + bi); });
   }
   for (int64_t s = 0; s < upto; ++s) {
     const RunStep& step = prog.run.steps[s];
-    const T* x = px.x(s);
-    T* y = px.x(s + 1);
+    const T* x = blk.x(s);
+    T* y = blk.x(s + 1);
     switch (step.kind) {
       case Stage::Bias:
-        for (int64_t c = 0; c < prog.Wp; c += V) (Vec::loadu(x + c) + Vec::loadu(prog.shift(s) + c)).store(y + c);
+        for (int64_t c = 0; c < Wp; c += V) {
+          const Vec shift = Vec::loadu(prog.shift(s) + c);
+          for (int64_t p = 0; p < n; ++p) (Vec::loadu(x + p * Wp + c) + shift).store(y + p * Wp + c);
+        }
         break;
       case Stage::Neg:
-        for (int64_t c = 0; c < prog.Wp; c += V) Vec::loadu(x + c).neg().store(y + c);
+        for (int64_t i = 0; i < flat; i += V) Vec::loadu(x + i).neg().store(y + i);
         break;
       case Stage::Act:
-        for (int64_t c = 0; c < prog.Wp; c += V) {
-          const Vec v = Vec::loadu(x + c);
-          if (mask) put_bits(mask, bit0 + c, act_sign_bits<A>(v), prog.lanes(c));
-          cpu::act_vec<A>(v).store(y + c);
+        if (mask) {
+          for (int64_t p = 0; p < n; ++p)
+            for (int64_t c = 0; c < W; c += V)
+              put_bits(mask, (p0 + p) * W + c, act_sign_bits<A>(Vec::loadu(x + p * Wp + c)), prog.lanes(c));
         }
+        for (int64_t i = 0; i < flat; i += V) cpu::act_vec<A>(Vec::loadu(x + i)).store(y + i);
         break;
       case Stage::Norm: {
         const T* gamma = prog.scale(s);
-        if (!step.grouped()) {  // tv: this pixel's length
-          Vec ss(0);
-          for (int64_t c = 0; c < prog.Wp; c += V) {
-            const Vec v = prog.masked(Vec::loadu(x + c), c);
-            ss = at::vec::fmadd(v, v, ss);
+        if (!step.grouped()) {  // tv: each pixel's length
+          T* inv_r = blk.r(s);
+          for (int64_t p = 0; p < n; ++p) {
+            Vec ss(0);
+            for (int64_t c = 0; c < Wp; c += V) {
+              const Vec v = prog.masked(Vec::loadu(x + p * Wp + c), c);
+              ss = at::vec::fmadd(v, v, ss);
+            }
+            inv_r[p] = T(1) / std::sqrt(at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, ss) +
+                                        static_cast<T>(step.eps));
           }
-          const T total = at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, ss);
-          const T inv = T(1) / std::sqrt(total + static_cast<T>(step.eps));
-          px.inv_r[s] = inv;
-          for (int64_t c = 0; c < prog.Wp; c += V) {
-            Vec n = Vec::loadu(x + c) * Vec(inv);
-            if (gamma) n = at::vec::fmadd(n, Vec::loadu(gamma + c), Vec::loadu(prog.norm_shift(s) + c));
-            n.store(y + c);
+          for (int64_t c = 0; c < Wp; c += V) {
+            const Vec g = gamma ? Vec::loadu(gamma + c) : Vec(1), beta = gamma ? Vec::loadu(prog.norm_shift(s) + c) : Vec(0);
+            for (int64_t p = 0; p < n; ++p)
+              at::vec::fmadd(Vec::loadu(x + p * Wp + c) * Vec(inv_r[p]), g, beta).store(y + p * Wp + c);
           }
         } else {
-          const T* mean = rows.mean[s].data();
-          const T* rstd = rows.rstd[s].data();
-          for (int64_t c = 0; c < prog.Wp; c += V) {
-            Vec n = (Vec::loadu(x + c) - Vec::loadu(mean + c)) * Vec::loadu(rstd + c);
-            if (gamma) n = at::vec::fmadd(n, Vec::loadu(gamma + c), Vec::loadu(prog.norm_shift(s) + c));
-            n.store(y + c);
+          for (int64_t c = 0; c < Wp; c += V) {
+            const Vec mean = Vec::loadu(rows.mean[s].data() + c), rstd = Vec::loadu(rows.rstd[s].data() + c);
+            const Vec g = gamma ? Vec::loadu(gamma + c) * rstd : rstd;
+            const Vec beta = gamma ? Vec::loadu(prog.norm_shift(s) + c) : Vec(0);
+            for (int64_t p = 0; p < n; ++p)
+              at::vec::fmadd(Vec::loadu(x + p * Wp + c) - mean, g, beta).store(y + p * Wp + c);
           }
         }
         break;
@@ -264,38 +304,53 @@ struct ItemSums {
   }
 };
 
-// A grouped norm's statistics: per item and channel, the count-free shifted sums of x - x_first and its square
-// (x_first: the channel's value at the item's first pixel), merged per sample and group in double with Chan's rule.
+// The run's shape as the passes see it: its data, items, and the pieces each pass reads.
+struct Shape {
+  int64_t W, pixels, HW;
+  bool grouped;
+};
+
+template <typename T>
+Shape shape_of(const Program<T>& prog, int64_t numel, int64_t batch) {
+  Shape sh;
+  sh.W = prog.W, sh.pixels = numel / prog.W, sh.HW = sh.pixels / std::max<int64_t>(batch, 1), sh.grouped = false;
+  for (const RunStep& st : prog.run.steps) sh.grouped = sh.grouped || st.grouped();
+  return sh;
+}
+
+// A grouped norm's statistics: per item and channel, the sums of x - x_first and its square (x_first: the
+// channel's value at the item's first pixel), merged per sample and group in double with Chan's rule.
 template <typename T, Act A, typename In>
-void norm_statistics(const Program<T>& prog, const Items& items, int64_t s, const In* in, const T* tmap, int64_t HW,
-                     int64_t batch, const std::vector<at::Tensor>& all_stats) {
+void norm_statistics(const Program<T>& prog, const Items& items, const Shape& sh, int64_t s, const In* in,
+                     const T* tmap, int64_t batch, const std::vector<at::Tensor>& all_stats) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  const int64_t W = prog.W, Wp = prog.Wp;
+  const int64_t Wp = prog.Wp;
   ItemSums<T> sums(items.count, 3, Wp);  // shift, sum of x - shift, sum of (x - shift)^2
   at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
-    PixelRows<T> px(prog);
+    Block<T> blk(prog, items.chunk);
     SampleRows<T> rows(prog.run.steps.size());
     int64_t loaded = -1;
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = items.sample(i);
+      const int64_t b = items.sample(i), p0 = items.first(i), n = items.size(i);
       if (b != loaded) rows.load_stats(prog, all_stats, b, s), loaded = b;
+      block_forward<T, A, In>(prog, rows, blk, in, tmap, sh.HW, p0, n, s);
+      const T* x = blk.x(s);
       T *shift = sums.at(i, 0), *s1 = sums.at(i, 1), *s2 = sums.at(i, 2);
-      const int64_t p0 = items.first(i);
-      for (int64_t p = p0; p < p0 + items.size(i); ++p) {
-        recompute<T, A, In>(prog, rows, px, in + p * W, tmap ? tmap + (p % HW) * W : nullptr, s);
-        const T* x = px.x(s);
-        if (p == p0) std::copy(x, x + Wp, shift);
-        for (int64_t c = 0; c < Wp; c += V) {
-          const Vec dv = Vec::loadu(x + c) - Vec::loadu(shift + c);
-          (Vec::loadu(s1 + c) + dv).store(s1 + c);
-          at::vec::fmadd(dv, dv, Vec::loadu(s2 + c)).store(s2 + c);
+      std::copy(x, x + Wp, shift);
+      for (int64_t c = 0; c < Wp; c += V) {
+        const Vec sh0 = Vec::loadu(shift + c);
+        Vec a1(0), a2(0);
+        for (int64_t p = 0; p < n; ++p) {
+          const Vec dv = Vec::loadu(x + p * Wp + c) - sh0;
+          a1 = a1 + dv, a2 = at::vec::fmadd(dv, dv, a2);
         }
+        a1.store(s1 + c), a2.store(s2 + c);
       }
     }
   });
   const RunStep& step = prog.run.steps[s];
-  const int64_t per = W / step.groups;
+  const int64_t per = prog.W / step.groups;
   T* out = all_stats[s].mutable_data_ptr<T>();
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t g = 0; g < step.groups; ++g) {
@@ -303,8 +358,8 @@ void norm_statistics(const Program<T>& prog, const Items& items, int64_t s, cons
       for (int64_t i = b * items.per_b; i < (b + 1) * items.per_b; ++i) {
         const double k = static_cast<double>(items.size(i));
         for (int64_t c = g * per; c < (g + 1) * per; ++c) {
-          const double sh = sums.at(i, 0)[c], a1 = sums.at(i, 1)[c], a2 = sums.at(i, 2)[c];
-          const double piece_mean = sh + a1 / k, piece_m2 = std::max(0.0, a2 - a1 * a1 / k);
+          const double sh0 = sums.at(i, 0)[c], a1 = sums.at(i, 1)[c], a2 = sums.at(i, 2)[c];
+          const double piece_mean = sh0 + a1 / k, piece_m2 = std::max(0.0, a2 - a1 * a1 / k);
           const double total = n + k, delta = piece_mean - mean;
           mean += delta * k / total;
           m2 += piece_m2 + delta * delta * n * k / total;
@@ -336,16 +391,15 @@ void run_forward(const RunForwardPass& a) {
   constexpr int64_t V = Vec::size();
   const RunSpec& run = *a.run;
   const Program<T> prog(run, a.params);
-  const int64_t W = prog.W, pixels = a.in.numel() / W, HW = pixels / std::max<int64_t>(a.batch, 1);
-  bool grouped = false;
-  for (const RunStep& st : run.steps) grouped = grouped || st.grouped();
-  const Items items(pixels, a.batch, W, grouped);
+  const Shape sh = shape_of(prog, a.in.numel(), a.batch);
+  const int64_t W = sh.W, Wp = prog.Wp, ns = prog.steps();
+  const Items items(sh.pixels, a.batch, W, sh.grouped);
   const In* in = a.in.const_data_ptr<In>();
   const T* tmap = a.time_map.defined() ? a.time_map.const_data_ptr<T>() : nullptr;
   std::vector<at::Tensor> stats = a.stats;
   stats.resize(run.steps.size());
-  for (int64_t s = 0; s < prog.steps(); ++s)
-    if (run.steps[s].grouped()) norm_statistics<T, A, In>(prog, items, s, in, tmap, HW, a.batch, stats);
+  for (int64_t s = 0; s < ns; ++s)
+    if (run.steps[s].grouped()) norm_statistics<T, A, In>(prog, items, sh, s, in, tmap, a.batch, stats);
 
   const Combination& comb = a.comb;
   const bool combine = comb.out.defined() || comb.out_low.defined();
@@ -354,9 +408,6 @@ void run_forward(const RunForwardPass& a) {
   In* pre = keep == Aux::Pre ? a.keep.mutable_data_ptr<In>() : nullptr;
   L* value = keep == Aux::Value ? a.keep.mutable_data_ptr<L>() : nullptr;
   uint8_t* mask = keep == Aux::Mask ? a.keep.mutable_data_ptr<uint8_t>() : nullptr;
-  int64_t act_step = -1;
-  for (int64_t s = 0; s < prog.steps(); ++s)
-    if (run.steps[s].kind == Stage::Act) act_step = s;
   S* o = comb.out.defined() ? comb.out.mutable_data_ptr<S>() : nullptr;
   L* o_low = comb.out_low.defined() ? comb.out_low.mutable_data_ptr<L>() : nullptr;
   S* o2 = comb.out2.defined() ? comb.out2.mutable_data_ptr<S>() : nullptr;
@@ -365,39 +416,33 @@ void run_forward(const RunForwardPass& a) {
   const S* y0 = o2 ? comb.y0.const_data_ptr<S>() : nullptr;
   const Vec c0(static_cast<T>(comb.c0)), c1(static_cast<T>(comb.c1)), alpha(static_cast<T>(comb.alpha)),
       beta(static_cast<T>(comb.beta));
-  const int64_t ns = prog.steps();
 
   at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
-    PixelRows<T> px(prog);
+    Block<T> blk(prog, items.chunk);
     SampleRows<T> rows(run.steps.size());
     int64_t loaded = -1;
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = items.sample(i);
-      if (grouped && b != loaded) rows.load_stats(prog, stats, b), loaded = b;
-      const int64_t p0 = items.first(i), n = items.size(i);
+      const int64_t b = items.sample(i), p0 = items.first(i), n = items.size(i);
+      if (sh.grouped && b != loaded) rows.load_stats(prog, stats, b), loaded = b;
       if (mask) std::memset(mask + p0 * W / 8, 0, (n * W + 7) / 8);
-      for (int64_t p = p0; p < p0 + n; ++p) {
-        const int64_t e = p * W;
-        uint8_t* bits = mask && act_step >= 0 ? mask : nullptr;
-        // Mask: the activation's input signs, recorded as the activation runs.
-        recompute<T, A, In>(prog, rows, px, in + e, tmap ? tmap + (p % HW) * W : nullptr, ns, bits, e);
-        if (pre) std::memcpy(pre + e, in + e, W * sizeof(In));  // every read of in + e is done
-        const T* f = px.x(ns);
-        for (int64_t c = 0; c < W; c += V) {
-          const int64_t k = prog.lanes(c);
-          const Vec fv = Vec::loadu(f + c);
-          if (out) store_n(out + e + c, fv, k);
-          if (value) store_n(value + e + c, fv, k);
-          if (combine) {
-            Vec acc = c0 * load_n(x0 + e + c, k);
-            if (x1) acc = at::vec::fmadd(c1, load_n(x1 + e + c, k), acc);
-            acc = at::vec::fmadd(alpha, fv, acc);
-            if (o) store_n(o + e + c, acc, k);
-            if (o_low) store_n(o_low + e + c, acc, k);
-          }
-          if (o2) store_n(o2 + e + c, at::vec::fmadd(beta, fv, load_n(y0 + e + c, k)), k);
+      block_forward<T, A, In>(prog, rows, blk, in, tmap, sh.HW, p0, n, ns, mask);
+      if (pre) std::memcpy(pre + p0 * W, in + p0 * W, n * W * sizeof(In));
+      const T* f = blk.x(ns);
+      const int64_t e0 = p0 * W;
+      for_vectors(prog, n, [&](int64_t bi, int64_t di, int64_t k) {
+        const int64_t e = e0 + di;
+        const Vec fv = Vec::loadu(f + bi);
+        if (out) store_n(out + e, fv, k);
+        if (value) store_n(value + e, fv, k);
+        if (combine) {
+          Vec acc = c0 * load_n(x0 + e, k);
+          if (x1) acc = at::vec::fmadd(c1, load_n(x1 + e, k), acc);
+          acc = at::vec::fmadd(alpha, fv, acc);
+          if (o) store_n(o + e, acc, k);
+          if (o_low) store_n(o_low + e, acc, k);
         }
-      }
+        if (o2) store_n(o2 + e, at::vec::fmadd(beta, fv, load_n(y0 + e, k)), k);
+      });
     }
   });
 }
@@ -418,17 +463,15 @@ void run_gate(const RunGatePass& a) {
   constexpr int64_t V = Vec::size();
   const RunSpec& run = *a.run;
   const Program<T> prog(run, a.params);
-  const int64_t W = prog.W, Wp = prog.Wp, ns = prog.steps();
-  const int64_t pixels = a.g.numel() / W, HW = pixels / std::max<int64_t>(a.batch, 1);
-  bool grouped = false;
-  for (const RunStep& st : run.steps) grouped = grouped || st.grouped();
-  const Items items(pixels, a.batch, W, grouped);
+  const Shape sh = shape_of(prog, a.g.numel(), a.batch);
+  const int64_t W = sh.W, Wp = prog.Wp, ns = prog.steps();
+  const Items items(sh.pixels, a.batch, W, sh.grouped);
   const bool last = a.lam.defined();
   const In* in = a.in.defined() ? a.in.const_data_ptr<In>() : nullptr;
   const T* tmap = a.time_map.defined() ? a.time_map.const_data_ptr<T>() : nullptr;
   const L* value = run.keep == Aux::Value && a.kept.defined() ? a.kept.const_data_ptr<L>() : nullptr;
   const uint8_t* mask = run.keep == Aux::Mask && a.kept.defined() ? a.kept.const_data_ptr<uint8_t>() : nullptr;
-  TORCH_CHECK(in || !grouped, "contres: internal error: a run with a norm recomputes from its input");
+  TORCH_CHECK(in || !sh.grouped, "contres: internal error: a run with a norm recomputes from its input");
   const L* dy = last ? nullptr : a.dy.const_data_ptr<L>();
   const S* lam = last ? a.lam.const_data_ptr<S>() : nullptr;
   const L* mu = last && a.mu.defined() ? a.mu.const_data_ptr<L>() : nullptr;
@@ -449,107 +492,141 @@ void run_gate(const RunGatePass& a) {
   }
   if (a.conv_bias_grad.defined()) grad_rows.conv_bias = grad_rows.count++;
 
-  // The group sums of each grouped step (per sample and group: the means of dxhat and dxhat * xhat), from the last
-  // step's to the first's: a step's sweep needs those of the steps after it.
   std::vector<at::Tensor> stats = a.stats;
   stats.resize(ns);
-  std::vector<std::vector<T>> group_means(ns);  // per step: (B, groups, 2)
+  // Per grouped step: per sample and group, the means of dxhat and dxhat * xhat, (B, groups, 2).
+  std::vector<std::vector<T>> group_means(ns);
 
-  // The backward of one pixel from its output to step `stop` (a grouped step whose sums are being formed, or 0);
-  // with `sums`, the grouped step `stop` adds its dxhat and dxhat * xhat there and the pixel ends.
-  auto pixel = [&](PixelRows<T>& px, const SampleRows<T>& rows, int64_t p, int64_t stop, T* sum1, T* sum2,
-                   ItemSums<T>* grads, int64_t item) {
-    const int64_t e = p * W;
-    if (in) recompute<T, A, In>(prog, rows, px, in + e, tmap ? tmap + (p % HW) * W : nullptr, ns);
-    T* d = px.d.data();
+  auto load_rows = [&](SampleRows<T>& rows, int64_t b) {
+    rows.load_stats(prog, stats, b);
+    for (int64_t s = 0; s < ns; ++s) {
+      const RunStep& st = run.steps[s];
+      if (!st.grouped() || group_means[s].empty()) continue;
+      const int64_t per = W / st.groups;
+      rows.m1[s].assign(Wp, T(0)), rows.m2[s].assign(Wp, T(0));
+      const T* gm = group_means[s].data() + 2 * b * st.groups;
+      for (int64_t gi = 0; gi < st.groups; ++gi)
+        for (int64_t c = gi * per; c < (gi + 1) * per; ++c) rows.m1[s][c] = gm[2 * gi], rows.m2[s][c] = gm[2 * gi + 1];
+    }
+  };
+
+  // The backward of the n pixels of an item from its output down to step `stop`: the final pass (stop = 0,
+  // sums = nullptr) stores g, the running sum and the recomputed output and adds the parameter gradients into
+  // `grads`; a sweep (stop: a grouped step, sums: its two rows) adds that step's dxhat and dxhat * xhat and ends.
+  auto backward = [&](Block<T>& blk, const SampleRows<T>& rows, int64_t p0, int64_t n, int64_t stop, T* sum1,
+                      T* sum2, ItemSums<T>* grads, int64_t item) {
     const bool final_pass = sum1 == nullptr;
-    for (int64_t c = 0; c < W; c += V) {
-      const int64_t k = prog.lanes(c);
+    if (in) block_forward<T, A, In>(prog, rows, blk, in, tmap, sh.HW, p0, n, ns);
+    T* d = blk.d.get();
+    const int64_t e0 = p0 * W;
+    for_vectors(prog, n, [&](int64_t bi, int64_t di, int64_t k) {
+      const int64_t e = e0 + di;
       Vec v;
       if (last) {
-        v = load_n(lam + e + c, k);
+        v = load_n(lam + e, k);
         if (mu) {
-          const Vec m = load_n(mu + e + c, k);
+          const Vec m = load_n(mu + e, k);
           v = at::vec::fmadd(cmu, m, v);
-          if (sum_out && final_pass) store_n(sum_out + e + c, load_n(sum_in + e + c, k) + m, k);
+          if (sum_out && final_pass) store_n(sum_out + e, load_n(sum_in + e, k) + m, k);
         }
         v = v * scale;
       } else {
-        v = load_n(dy + e + c, k);
+        v = load_n(dy + e, k);
       }
-      v.store(d + c);
-    }
-    if (out && final_pass) {
-      for (int64_t c = 0; c < W; c += V) store_n(out + e + c, Vec::loadu(px.x(ns) + c), prog.lanes(c));
-    }
+      v.store(d + bi);
+    });
+    const int64_t flat = n * Wp;
     for (int64_t s = ns - 1; s >= stop; --s) {
       const RunStep& st = run.steps[s];
       const int64_t gr = grad_rows.of_step[s];
       T* acc = grads && gr >= 0 ? grads->at(item, gr) : nullptr;
+      const T* x = in ? blk.x(s) : nullptr;
       switch (st.kind) {
         case Stage::Bias:
           if (acc)
-            for (int64_t c = 0; c < Wp; c += V) (Vec::loadu(acc + c) + Vec::loadu(d + c)).store(acc + c);
+            for (int64_t c = 0; c < Wp; c += V) {
+              Vec sum(0);
+              for (int64_t p = 0; p < n; ++p) sum = sum + Vec::loadu(d + p * Wp + c);
+              (Vec::loadu(acc + c) + sum).store(acc + c);
+            }
           break;
         case Stage::Neg:
-          for (int64_t c = 0; c < Wp; c += V) Vec::loadu(d + c).neg().store(d + c);
+          for (int64_t i = 0; i < flat; i += V) Vec::loadu(d + i).neg().store(d + i);
           break;
         case Stage::Act:
-          for (int64_t c = 0; c < Wp; c += V) {
-            Vec df(T(1));  // identity, or a linear run
-            if (in) df = act_df_recomputed<A>(Vec::loadu(px.x(s) + c), Vec::loadu(px.x(s + 1) + c));
-            else if (value) df = act_df_recomputed<A>(load_n(value + e + c, prog.lanes(c)), load_n(value + e + c, prog.lanes(c)));
-            else if (mask) df = act_df_from_bits<A, T>(get_bits(mask, e + c, prog.lanes(c)));
-            (Vec::loadu(d + c) * df).store(d + c);
-          }
+          if (in) {
+            const T* y = blk.x(s + 1);
+            for (int64_t i = 0; i < flat; i += V)
+              (Vec::loadu(d + i) * act_df_recomputed<A>(Vec::loadu(x + i), Vec::loadu(y + i))).store(d + i);
+          } else if (value || mask) {
+            for (int64_t p = 0; p < n; ++p) {
+              const int64_t e = (p0 + p) * W;
+              for (int64_t c = 0; c < W; c += V) {
+                Vec df;
+                if (value) {
+                  const Vec av = load_n(value + e + c, prog.lanes(c));
+                  df = act_df_recomputed<A>(av, av);
+                } else {
+                  df = act_df_from_bits<A, T>(get_bits(mask, e + c, prog.lanes(c)));
+                }
+                (Vec::loadu(d + p * Wp + c) * df).store(d + p * Wp + c);
+              }
+            }
+          }  // else: the identity
           break;
         case Stage::Norm: {
           const T* gamma = prog.scale(s);
           T* acc_b = acc ? acc + Wp : nullptr;  // the norm shift's row follows its scale's
           if (!st.grouped()) {
-            const T inv = px.inv_r[s];
-            const Vec iv(inv);
-            Vec dot(0);
-            for (int64_t c = 0; c < Wp; c += V) {
-              const Vec n = Vec::loadu(px.x(s) + c) * iv;
-              Vec dv = Vec::loadu(d + c);
-              if (gamma) {
-                if (acc) {
-                  at::vec::fmadd(dv, n, Vec::loadu(acc + c)).store(acc + c);
-                  (Vec::loadu(acc_b + c) + dv).store(acc_b + c);
+            const T* inv_r = blk.r(s);
+            if (gamma) {
+              for (int64_t c = 0; c < Wp; c += V) {
+                const Vec gv = Vec::loadu(gamma + c);
+                Vec aw(0), ab(0);
+                for (int64_t p = 0; p < n; ++p) {
+                  const Vec dv = Vec::loadu(d + p * Wp + c);
+                  aw = at::vec::fmadd(dv, Vec::loadu(x + p * Wp + c) * Vec(inv_r[p]), aw), ab = ab + dv;
+                  (dv * gv).store(d + p * Wp + c);
                 }
-                dv = dv * Vec::loadu(gamma + c);
-                dv.store(d + c);
+                if (acc) (Vec::loadu(acc + c) + aw).store(acc + c), (Vec::loadu(acc_b + c) + ab).store(acc_b + c);
               }
-              dot = at::vec::fmadd(prog.masked(n, c), dv, dot);
             }
-            const Vec dt(at::vec::vec_reduce_all<T>([](Vec& x, Vec& y) { return x + y; }, dot));
-            for (int64_t c = 0; c < Wp; c += V) {
-              const Vec n = Vec::loadu(px.x(s) + c) * iv;
-              ((Vec::loadu(d + c) - n * dt) * iv).store(d + c);
+            for (int64_t p = 0; p < n; ++p) {  // d = (d - n (n . d)) / r, n = x / r
+              const Vec iv(inv_r[p]);
+              Vec dot(0);
+              for (int64_t c = 0; c < Wp; c += V)
+                dot = at::vec::fmadd(prog.masked(Vec::loadu(x + p * Wp + c) * iv, c), Vec::loadu(d + p * Wp + c), dot);
+              const Vec dt(at::vec::vec_reduce_all<T>([](Vec& u, Vec& w) { return u + w; }, dot));
+              for (int64_t c = 0; c < Wp; c += V) {
+                const Vec nv = Vec::loadu(x + p * Wp + c) * iv;
+                ((Vec::loadu(d + p * Wp + c) - nv * dt) * iv).store(d + p * Wp + c);
+              }
             }
           } else {
-            const T* mean = rows.mean[s].data();
-            const T* rstd = rows.rstd[s].data();
+            const bool sweep = s == stop && sum1;
             for (int64_t c = 0; c < Wp; c += V) {
-              const Vec xhat = (Vec::loadu(px.x(s) + c) - Vec::loadu(mean + c)) * Vec::loadu(rstd + c);
-              Vec dv = Vec::loadu(d + c);
-              if (gamma) {
-                if (acc) {
-                  at::vec::fmadd(dv, xhat, Vec::loadu(acc + c)).store(acc + c);
-                  (Vec::loadu(acc_b + c) + dv).store(acc_b + c);
+              const Vec mean = Vec::loadu(rows.mean[s].data() + c), rstd = Vec::loadu(rows.rstd[s].data() + c);
+              const Vec gv = gamma ? Vec::loadu(gamma + c) : Vec(1);
+              const Vec m1 = sweep ? Vec(0) : Vec::loadu(rows.m1[s].data() + c);
+              const Vec m2 = sweep ? Vec(0) : Vec::loadu(rows.m2[s].data() + c);
+              Vec aw(0), ab(0), s1(0), s2(0);
+              for (int64_t p = 0; p < n; ++p) {
+                const Vec xhat = (Vec::loadu(x + p * Wp + c) - mean) * rstd;
+                Vec dv = Vec::loadu(d + p * Wp + c);
+                if (gamma) aw = at::vec::fmadd(dv, xhat, aw), ab = ab + dv, dv = dv * gv;
+                if (sweep) {
+                  s1 = s1 + dv, s2 = at::vec::fmadd(dv, xhat, s2);
+                } else {
+                  (rstd * (dv - m1 - xhat * m2)).store(d + p * Wp + c);
                 }
-                dv = dv * Vec::loadu(gamma + c);
               }
-              if (s == stop && sum1) {
-                (Vec::loadu(sum1 + c) + dv).store(sum1 + c);
-                at::vec::fmadd(dv, xhat, Vec::loadu(sum2 + c)).store(sum2 + c);
-                continue;
+              if (sweep) {
+                (Vec::loadu(sum1 + c) + s1).store(sum1 + c), (Vec::loadu(sum2 + c) + s2).store(sum2 + c);
+              } else if (acc) {
+                (Vec::loadu(acc + c) + aw).store(acc + c), (Vec::loadu(acc_b + c) + ab).store(acc_b + c);
               }
-              const Vec m1 = Vec::loadu(rows.m1[s].data() + c), m2 = Vec::loadu(rows.m2[s].data() + c);
-              (Vec::loadu(rstd + c) * (dv - m1 - xhat * m2)).store(d + c);
             }
-            if (s == stop && sum1) return;
+            if (sweep) return;
           }
           break;
         }
@@ -560,44 +637,37 @@ void run_gate(const RunGatePass& a) {
     }
     if (!final_pass) return;
     T* acc = grads && grad_rows.conv_bias >= 0 ? grads->at(item, grad_rows.conv_bias) : nullptr;
-    for (int64_t c = 0; c < W; c += V) {
-      const Vec dv = Vec::loadu(d + c);
-      store_n(g + e + c, dv, prog.lanes(c));
-      if (acc) (Vec::loadu(acc + c) + dv).store(acc + c);
-    }
-  };
-
-  auto load_rows = [&](SampleRows<T>& rows, int64_t b) {
-    rows.load_stats(prog, stats, b);
-    for (int64_t s = 0; s < ns; ++s) {
-      const RunStep& st = run.steps[s];
-      if (!st.grouped() || group_means[s].empty()) continue;
-      const int64_t per = W / st.groups;
-      rows.m1[s].assign(Wp, T(0)), rows.m2[s].assign(Wp, T(0));
-      for (int64_t c = 0; c < W; ++c) {
-        rows.m1[s][c] = group_means[s][2 * (b * st.groups + c / per)];
-        rows.m2[s][c] = group_means[s][2 * (b * st.groups + c / per) + 1];
+    if (acc)
+      for (int64_t c = 0; c < Wp; c += V) {
+        Vec sum(0);
+        for (int64_t p = 0; p < n; ++p) sum = sum + Vec::loadu(d + p * Wp + c);
+        (Vec::loadu(acc + c) + sum).store(acc + c);
       }
-    }
+    const T* y = in ? blk.x(ns) : nullptr;
+    for_vectors(prog, n, [&](int64_t bi, int64_t di, int64_t k) {
+      store_n(g + e0 + di, Vec::loadu(d + bi), k);
+      if (out) store_n(out + e0 + di, Vec::loadu(y + bi), k);
+    });
   };
 
+  // The group sums of each grouped step, from the last step's to the first's: a step's sweep needs those of the
+  // steps after it.
   for (int64_t s = ns - 1; s >= 0; --s) {
     const RunStep& st = run.steps[s];
     if (!st.grouped()) continue;
     ItemSums<T> sums(items.count, 2, Wp);
     at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
-      PixelRows<T> px(prog);
+      Block<T> blk(prog, items.chunk);
       SampleRows<T> rows(run.steps.size());
       int64_t loaded = -1;
       for (int64_t i = begin; i < end; ++i) {
         const int64_t b = items.sample(i);
         if (b != loaded) load_rows(rows, b), loaded = b;
-        for (int64_t p = items.first(i); p < items.first(i) + items.size(i); ++p)
-          pixel(px, rows, p, s, sums.at(i, 0), sums.at(i, 1), nullptr, i);
+        backward(blk, rows, items.first(i), items.size(i), s, sums.at(i, 0), sums.at(i, 1), nullptr, i);
       }
     });
     const int64_t per = W / st.groups;
-    const double count = static_cast<double>(per * HW);
+    const double count = static_cast<double>(per * sh.HW);
     group_means[s].assign(a.batch * st.groups * 2, T(0));
     for (int64_t b = 0; b < a.batch; ++b) {
       const std::vector<double> t1 = sums.total(0, b * items.per_b, (b + 1) * items.per_b);
@@ -613,14 +683,13 @@ void run_gate(const RunGatePass& a) {
 
   ItemSums<T> grads(items.count, grad_rows.count, Wp);
   at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
-    PixelRows<T> px(prog);
+    Block<T> blk(prog, items.chunk);
     SampleRows<T> rows(run.steps.size());
     int64_t loaded = -2;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = items.sample(i);
-      if (grouped && b != loaded) load_rows(rows, b), loaded = b;
-      for (int64_t p = items.first(i); p < items.first(i) + items.size(i); ++p)
-        pixel(px, rows, p, 0, nullptr, nullptr, &grads, i);
+      if (sh.grouped && b != loaded) load_rows(rows, b), loaded = b;
+      backward(blk, rows, items.first(i), items.size(i), 0, nullptr, nullptr, &grads, i);
     }
   });
 
