@@ -111,14 +111,17 @@ def _interpolation_weights(n_steps: int, n_controls: int, interp: str, method: s
 
 
 def interpolate_params(params, n_steps: int, interp: str, method: str = "euler") -> list:
-    """Each parameter (n_controls, ...) interpolated at the method's stage times (differentiable)."""
+    """Each parameter (n_controls, ...) interpolated at the method's stage times (differentiable), in its own
+    dtype also under torch.autocast: a model holds its parameters in that dtype (a norm's scale stays float32), and
+    the fused op mixes its controls the same way."""
     out = []
     for p in params:
         if method != "rk4" and interp == "constant" and p.shape[0] == n_steps:  # W is the identity
             out.append(p)
             continue
         W = _interpolation_weights(n_steps, p.shape[0], interp, method, p.dtype, p.device)
-        out.append(torch.einsum("kj,j...->k...", W, p))
+        with torch.autocast(p.device.type, enabled=False):
+            out.append(torch.einsum("kj,j...->k...", W, p))
     return out
 
 

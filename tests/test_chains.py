@@ -265,3 +265,233 @@ def test_refine_and_smoothness_cover_every_parameter():
         assert_close_rel(fine(x), block(x), 1e-12, "refined on nested nodes")
     expected = sum((p[1:] - p[:-1]).square().sum() for p in block.parameters()) / block.control_spacing
     assert torch.allclose(block.smoothness(), expected)
+
+
+# ------------------------------------------------------------------------------ gradcheck, opcheck, compile, export
+SMOOTH = [("torchdiffeq_softplus", ("norm", "act", "conv", "norm", "act", "conv", "norm"), "group",
+           {"norm_affine": True, "time_channel": True, "norm_groups": 2}, "softplus"),
+          ("seed_double_sym_tanh", ("conv", "norm", "bias", "act", "conv_t", "bias", "neg"), "tv",
+           {"norm_eps": 1e-4}, "tanh"),
+          ("preact_sigmoid", ("act", "conv", "norm", "bias", "act", "conv", "norm", "bias"), "instance",
+           {"norm_affine": True}, "sigmoid")]
+
+
+@pytest.mark.parametrize("name,layer,norm,options,activation", SMOOTH, ids=[s[0] for s in SMOOTH])
+@pytest.mark.parametrize("method", ["euler", "rk4", "leapfrog"])
+def test_gradcheck_float64(name, layer, norm, options, activation, method):
+    """The fused backward is the exact adjoint: finite differences of the fused forward agree with it, for every
+    input and parameter (smooth activations, so no kink sits between the two evaluations)."""
+    block = chain_block(layer, norm, options, C=2, hidden=4, N=2, M=2, activation=activation, method=method)
+    block.backend = "fused"
+    names = [s.name for s in block.plan.params]
+    params = [getattr(block, n).detach().clone().requires_grad_() for n in names]
+    x = inputs(C=2, B=1, H=3, W=3).requires_grad_()
+
+    def f(x, *ps):
+        return contres.functional.ode_block(
+            x, ps[0], ps[1], T=1.0, n_steps=2, layer=layer, norm=norm, activation=activation, interp="linear",
+            method=method, backend="fused", params=dict(zip(names[2:], ps[2:])), **options)
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["torchdiffeq", "seed_double_sym_tv", "seed_preact_instance", "conv_bias_act",
+                                  "two_norms"])
+def test_opcheck(name):
+    """torch.library.opcheck of both ops with a chain's params: schema, fake (Meta) kernels, autograd
+    registration, and the aux list's layout."""
+    _, layer, norm, options = BY_NAME[name]
+    block = chain_block(layer, norm, options, N=2)
+    stages = chain.stages_of(layer, norm)
+    op_layer = layer if isinstance(layer, str) else chain.layer_string(stages)
+    ps = [getattr(block, s.name).detach().requires_grad_() for s in block.plan.params]
+    x = inputs().requires_grad_()
+    kw = (options.get("norm_eps"), options.get("norm_groups") or 0, options.get("norm_affine", False),
+          options.get("time_channel", False))
+    args = (x, ps[0], ps[1], 0.5, op_layer, "relu", 0, norm, "rk4", "states", "linear", 2, None, ps[2:], *kw)
+    torch.library.opcheck(torch.ops.contres.ode_forward.default, args)
+    with torch.no_grad():
+        _, states, aux = torch.ops.contres.ode_forward(*args)
+    gy = random_like(x)
+    bargs = (gy, x.detach(), ps[0].detach(), ps[1].detach(), states, aux, 0.5, op_layer, "relu", 0, norm, "rk4",
+             "states", "linear", 2, None, [p.detach() for p in ps[2:]], *kw)
+    torch.library.opcheck(torch.ops.contres.ode_backward.default, bargs)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("name", ["torchdiffeq", "seed_double_sym_tv"])
+def test_compile_matches_eager(name, backend):
+    torch._dynamo.reset()
+    _, layer, norm, options = BY_NAME[name]
+    block = chain_block(layer, norm, options, N=3, method="rk4")
+    block.backend = "fused"
+    model = torch.nn.Sequential(block, torch.nn.Tanh())
+    x = inputs()
+    gy = random_like(x, seed=5)
+
+    def run(m):
+        m.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        y.backward(gy)
+        return [y.detach(), xi.grad] + [p.grad.clone() for p in m.parameters()]
+    eager = run(model)
+    compiled = run(torch.compile(model, backend=backend, fullgraph=True))
+    for a, b in zip(compiled, eager):
+        assert_close_rel(a, b, 1e-12, "compiled")
+    torch._dynamo.reset()
+
+
+def test_export_with_a_dynamic_batch():
+    _, layer, norm, options = BY_NAME["torchdiffeq"]
+    block = chain_block(layer, norm, options, N=3)
+    block.backend = "fused"
+    x = inputs(B=3)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(block, (x,), dynamic_shapes=({0: batch},))
+    for B in (3, 5):
+        xb = inputs(B=B, seed=B)
+        assert_close_rel(program.module()(xb), block(xb), 1e-13, f"exported, batch {B}")
+
+
+# ------------------------------------------------------------------------------------------ inference, memory
+def test_inference_keeps_nothing():
+    """Under no_grad a chain's op runs with memory='none': no states, no aux, the training forward's output."""
+    from contres import ops
+    _, layer, norm, options = BY_NAME["torchdiffeq"]
+    block = chain_block(layer, norm, options, N=4, method="rk4")
+    block.backend = "fused"
+    x = inputs()
+    calls = []
+    real = ops.ode_forward
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append((args[9], result))
+        return result
+    ops.ode_forward = spy
+    try:
+        with torch.no_grad():
+            y = block(x)
+    finally:
+        ops.ode_forward = real
+    [(memory, (_, states, aux))] = calls
+    assert memory == "none" and states.numel() == 0 and aux == []
+    assert_close_rel(y, block(x.clone().requires_grad_()), 1e-13, "inference output")
+
+
+def _saved_bytes(block, x):
+    from contres.bench.memory import saved_bytes
+    return saved_bytes(lambda: block(x), (x, *block.parameters()))[0]
+
+
+@pytest.mark.parametrize("name", CHAIN_IDS)
+def test_keeps_no_more_than_eager_autograd(name):
+    """The bytes the fused forward saves for its backward never exceed plain autograd's (the reference);
+    torchdiffeq's ODE function keeps at most 0.6x of it."""
+    _, layer, norm, options = BY_NAME[name]
+    block = chain_block(layer, norm, options, C=8, hidden=8, N=4, dtype=torch.float32)
+    x = inputs(C=8, B=4, H=8, W=8, dtype=torch.float32).requires_grad_()
+    sizes = {}
+    for backend in ("reference", "fused"):
+        block.backend = backend
+        sizes[backend] = _saved_bytes(block, x)
+    assert sizes["fused"] <= sizes["reference"], sizes
+    if name == "torchdiffeq":
+        assert sizes["fused"] <= 0.6 * sizes["reference"], sizes
+
+
+# ------------------------------------------------------------------------------------------- mixed precision
+@pytest.mark.parametrize("name", ["torchdiffeq", "seed_double_sym_tv", "seed_preact_instance", "conv_bias_act"])
+def test_mixed_precision_no_worse_than_per_op_autocast(name):
+    """A float32 state under bf16 autocast: against float32, the fused block's relative L2 errors (output and
+    every gradient, summed) are within 1.5x of plain per-op autocast's (the reference under autocast), averaged
+    over two draws (relu kinks flip differently in the two)."""
+    _, layer, norm, options = BY_NAME[name]
+    errs = {"fused": 0.0, "reference": 0.0}
+    for seed in (21, 22):
+        block = chain_block(layer, norm, options, C=16, hidden=16, N=3, dtype=torch.float32, seed=seed)
+        x = inputs(C=16, B=2, H=6, W=6, dtype=torch.float32, seed=seed).requires_grad_()
+        gy = random_like(x, seed=seed)
+
+        def run(backend, amp):
+            block.backend = backend
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                y = block(x)
+            return [y] + list(torch.autograd.grad(y, [x, *block.parameters()], gy))
+        ref32 = run("reference", False)
+        for backend in errs:
+            got = run(backend, True)
+            assert got[0].dtype == torch.float32
+            errs[backend] += sum(((a.double() - r.double()).norm() / r.double().norm().clamp_min(1e-30)).item()
+                                 for a, r in zip(got, ref32))
+    assert errs["fused"] <= 1.5 * errs["reference"], errs
+
+
+# --------------------------------------------------------------------------------------------------- bad input
+BAD_CHAINS = {
+    "unknown stage": (dict(layer=("conv", "relu")), r"layer: stage 1 is 'relu'"),
+    "conv_t before any conv": (dict(layer=("conv_t", "conv")), r"conv_t with no conv before it"),
+    "norm stage with norm none": (dict(layer=("conv", "norm", "act")), r"norm stage .* norm='none'"),
+    "groups not dividing": (dict(layer=("conv", "norm"), norm="group", norm_groups=3), r"norm_groups=3 .* divide"),
+    "default groups not dividing": (dict(layer=("conv", "norm"), norm="group", channels=48, hidden_channels=40),
+                                    r"norm_groups=32 \(the default"),
+    "not ending at channels": (dict(layer=("conv", "act", "conv", "conv_t"), hidden_channels=6),
+                               r"ends at 6 channels"),
+    "empty chain": (dict(layer=()), r"empty chain"),
+    "no conv": (dict(layer=("act", "norm"), norm="tv"), r"no 'conv' stage"),
+    "norm_eps 0": (dict(layer="single", norm="tv", norm_eps=0.0), r"norm_eps must be a positive"),
+    "norm_eps negative": (dict(layer="single", norm="group", norm_eps=-1e-5), r"norm_eps must be a positive"),
+    "norm_groups with tv": (dict(layer="single", norm="tv", norm_groups=2), r"norm_groups applies to norm='group'"),
+    "norm_affine without a norm": (dict(layer="single", norm_affine=True), r"norm_affine needs a norm"),
+    "unknown norm": (dict(layer="single", norm="batch"), r"norm must be one of"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CHAINS))
+def test_bad_chain_is_refused_before_any_computation(case):
+    kwargs, match = BAD_CHAINS[case]
+    kwargs = dict(kwargs)
+    channels = kwargs.pop("channels", 4)
+    with pytest.raises(ValueError, match=match):
+        contres.ODEBlock(channels, 2, **kwargs)
+
+
+def test_op_refuses_the_same_chains():
+    """The op checks the chain itself too (a caller of torch.ops.contres.ode_forward gets the same refusal)."""
+    x = inputs()
+    w, b = torch.zeros(1, 4, 4, 3, 3, dtype=torch.float64), torch.zeros(1, 4, dtype=torch.float64)
+    for layer, norm, match in [("conv,relu", "none", r"unknown stage 'relu'"), ("conv_t,conv", "none", r"conv_t"),
+                               ("conv,norm,act", "none", r"norm stage"), ("act,neg", "none", r"no conv stage"),
+                               ("", "none", r"empty chain")]:
+        with pytest.raises(ValueError, match=match):
+            torch.ops.contres.ode_forward(x, w, b, 0.5, layer, "relu", 0, norm)
+    with pytest.raises(ValueError, match=r"norm_eps must be"):
+        torch.ops.contres.ode_forward(x, w, b, 0.5, "conv,norm", "relu", 0, "tv", norm_eps=-1.0)
+    with pytest.raises(ValueError, match=r"params besides weight and bias"):
+        torch.ops.contres.ode_forward(x, w, b, 0.5, "conv,bias", "relu", 0, "none", params=[])
+
+
+def test_functional_params_are_checked_by_name():
+    _, layer, norm, options = BY_NAME["torchdiffeq"]
+    block = chain_block(layer, norm, options)
+    x = inputs()
+    params = block._chain_params()
+    kw = dict(T=1.0, n_steps=3, layer=layer, norm=norm, interp="linear", **options)
+    w, b = block.weight, block.bias
+    with pytest.raises(ValueError, match=r"missing \['norm_weight'\]"):
+        contres.functional.ode_block(x, w, b, params={k: v for k, v in params.items() if k != "norm_weight"}, **kw)
+    with pytest.raises(ValueError, match=r"unexpected \['shift'\]"):
+        contres.functional.ode_block(x, w, b, params={**params, "shift": params["norm_bias"]}, **kw)
+    with pytest.raises(ValueError, match=r"params\['weight2'\] .* must have shape"):
+        contres.functional.ode_block(x, w, b, params={**params, "weight2": params["weight2"][..., :1]}, **kw)
+    with pytest.raises(TypeError, match=r"params\['bias2'\] has dtype"):
+        contres.functional.ode_block(x, w, b, params={**params, "bias2": params["bias2"].float()}, **kw)
+
+
+def test_load_state_dict_with_a_wrong_shape_keeps_torchs_error():
+    _, layer, norm, options = BY_NAME["torchdiffeq"]
+    block = chain_block(layer, norm, options)
+    state = block.state_dict()
+    state["weight2"] = state["weight2"][:, :, :3]
+    with pytest.raises(RuntimeError, match=r"size mismatch for weight2"):
+        block.load_state_dict(state)
