@@ -119,12 +119,27 @@ def test_default_cpu_cases_add_bf16_where_native():
     """The default CPU run adds both layers under bf16 autocast and with mkldnn's bf16 fp32 precision on a CPU
     with native bf16, and neither elsewhere."""
     args = bench.parse_args([])
+    ported = ["torchdiffeq/relu/group B128 C64 7x7 N8 M1 f32", "torchdiffeq/relu/group B32 C64 16x16 N8 M1 f32",
+              "seed_double_sym/relu/tv rk4 B32 C32 32x32 N4 M2-linear f32"]
     plain = bench.make_cases("cpu", args, native_bf16=False)
-    assert [c.name for c in plain] == ["single/relu B32 C32 32x32 N8 f32", "double_sym/tanh B32 C32 32x32 N8 f32"]
+    assert [c.name for c in plain] == ["single/relu B32 C32 32x32 N8 f32", "double_sym/tanh B32 C32 32x32 N8 f32",
+                                       *ported]
     extra = [c.name for c in bench.make_cases("cpu", args, native_bf16=True)[2:]]
     assert extra == ["single/relu B32 C32 32x32 N8 f32 autocast-bf16", "double_sym/tanh B32 C32 32x32 N8 f32 "
                      "autocast-bf16", "single/relu B32 C32 32x32 N8 f32 mkldnn-bf16",
-                     "double_sym/tanh B32 C32 32x32 N8 f32 mkldnn-bf16"]
+                     "double_sym/tanh B32 C32 32x32 N8 f32 mkldnn-bf16", *ported]
+
+
+@pytest.mark.parametrize("layer", ["torchdiffeq", "seed_double_sym"])
+def test_ported_right_hand_side_rows(layer):
+    """The ported right-hand sides run every method on their own parameters, eager (their model's own ops) the
+    baseline, the fused block and odeint agreeing with it."""
+    rows = bench.main(TINY + ["--layer", layer, "--controls", "1", "--methods", "eager,fused,torchdiffeq"])
+    by_method = {r["method"]: r for r in rows}
+    assert set(by_method) == {"eager", "fused", "torchdiffeq"}, [r["note"] for r in rows]
+    for method in ("fused", "torchdiffeq"):
+        assert by_method[method]["max_rel_diff_out"] < 1e-4 and by_method[method]["max_rel_diff_grad_w"] < 1e-3
+    assert by_method["fused"]["mem_ratio"] < 1
 
 
 def test_mkldnn_fp32_precision_case():

@@ -8,9 +8,19 @@ from typing import Optional
 
 import torch
 
-from .. import reference
+from .. import chain, functional, reference
 
 DEFAULT_ACTIVATION = {"single": "relu", "double_sym": "tanh"}
+# Right-hand sides ported from the models people train (README, "Porting a model"): a case's layer name -> the
+# block's options. torchdiffeq: the MNIST example's ODE function (one control: time enters by the time channel);
+# seed_double_sym: the seed authors' DoubleSymLayer with TvNorm (eps 1e-4) and both biases, as their RKNet trains it.
+RECIPES = {
+    "torchdiffeq": dict(layer=("norm", "act", "conv", "norm", "act", "conv", "norm"), activation="relu",
+                        norm="group", norm_affine=True, time_channel=True),
+    "seed_double_sym": dict(layer=("conv", "norm", "bias", "act", "conv_t", "bias", "neg"), activation="relu",
+                            norm="tv", norm_eps=1e-4),
+}
+LAYER_NAMES = reference.LAYERS + tuple(RECIPES)
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 SHORT_DTYPE = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "float16": "fp16"}
@@ -18,6 +28,10 @@ SHORT_DTYPE = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "float16"
 # Default shapes (batch, channels, size) per device; --quick uses the small one everywhere.
 DEFAULT_SHAPES = {"cpu": [(32, 32, 32)], "cuda": [(128, 64, 32), (32, 16, 28)]}
 QUICK_SHAPE = (8, 16, 16)
+# The ported right-hand sides' default CPU shapes: torchdiffeq's MNIST ODE-net (64 channels at 7x7 after its two
+# stride-2 convolutions) and a larger image; the seed authors' RKNet block at 32 channels, 32x32.
+PORTED_SHAPES = {"torchdiffeq": [(128, 64, 7), (32, 64, 16)], "seed_double_sym": [(32, 32, 32)]}
+SEED_RKNET_STEPS = 4
 DEFAULT_STEPS = 8
 QUICK_STEPS = 4
 
@@ -49,12 +63,23 @@ class Case:
         return self.controls or self.steps
 
     @property
+    def recipe(self) -> Optional[dict]:
+        """A ported right-hand side's options (RECIPES), or None for a preset layer."""
+        return RECIPES.get(self.layer)
+
+    def plan(self) -> chain.Plan:
+        r = self.recipe or {}
+        return chain.make_plan(r.get("layer", self.layer), self.channels, kernel_size=self.kernel_size,
+                               norm=r.get("norm", self.norm), norm_affine=r.get("norm_affine", False),
+                               time_channel=r.get("time_channel", False))
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
     @property
     def name(self) -> str:
-        kind = f"{self.layer}/{self.activation}" + ("/tv" if self.norm == "tv" else "")
+        kind = f"{self.layer}/{self.activation}" + (f"/{self.norm}" if self.norm != "none" else "")
         parts = [kind] + ([self.integrator] if self.integrator != "euler" else [])
         parts += [f"B{self.batch}", f"C{self.channels}", f"{self.size}x{self.size}", f"N{self.steps}"]
         if self.n_controls != self.steps or self.interp != "constant":
@@ -75,9 +100,25 @@ class Case:
         return self.batch * self.channels * self.size * self.size * elem
 
     def block_kwargs(self) -> dict:
-        """The keyword arguments every ode_block of this case takes (reference and functional alike)."""
-        return dict(T=self.T, n_steps=self.steps, layer=self.layer, activation=self.activation, interp=self.interp,
-                    norm=self.norm, method=self.integrator)
+        """The keyword arguments every functional.ode_block of this case takes."""
+        kw = dict(T=self.T, n_steps=self.steps, layer=self.layer, activation=self.activation, interp=self.interp,
+                  norm=self.norm, method=self.integrator)  # a recipe's own norm below
+        if self.recipe:
+            kw.update(self.recipe)
+        return kw
+
+    def reference_kwargs(self) -> dict:
+        """The same for reference.ode_block (a ported right-hand side as its Chain)."""
+        kw = self.block_kwargs()
+        options = {k: kw.pop(k) for k in ("norm_eps", "norm_groups", "norm_affine", "time_channel") if k in kw}
+        kw["chain"] = functional.chain_options(kw["layer"], kw["activation"], kw["norm"], options.get("norm_eps"),
+                                               options.get("norm_groups"), options.get("norm_affine", False),
+                                               options.get("time_channel", False))
+        return kw
+
+    def param_names(self) -> list:
+        """The names of a ported right-hand side's parameters beyond weight and bias (the op's order)."""
+        return [p.name for p in self.plan().params[2:]] if self.recipe else []
 
     def autocast_context(self):
         if self.autocast is None:
@@ -105,10 +146,11 @@ class Inputs:
     weight: torch.Tensor
     bias: torch.Tensor
     grad_out: torch.Tensor  # the upstream gradient used for every backward
+    params: tuple = ()      # a ported right-hand side's other parameters (Case.param_names)
 
     @property
     def leaves(self):
-        return (self.x, self.weight, self.bias)
+        return (self.x, self.weight, self.bias, *self.params)
 
 
 def make_inputs(case: Case, seed: int = 0) -> Inputs:
@@ -126,9 +168,20 @@ def make_inputs(case: Case, seed: int = 0) -> Inputs:
 
     fmt = torch.channels_last if case.channels_last else torch.contiguous_format
     x = rand(*shape).contiguous(memory_format=fmt).requires_grad_()
-    weight = rand(M, C, C, k, k, scale=bound, uniform=True).requires_grad_()
-    bias = rand(M, C, scale=bound, uniform=True).requires_grad_()
-    return Inputs(x, weight, bias, rand(*shape).contiguous(memory_format=fmt))
+    if not case.recipe:
+        weight = rand(M, C, C, k, k, scale=bound, uniform=True).requires_grad_()
+        bias = rand(M, C, scale=bound, uniform=True).requires_grad_()
+        return Inputs(x, weight, bias, rand(*shape).contiguous(memory_format=fmt))
+    params = []  # ODEBlock's initialisation, with norm scales and shifts drawn around 1 and 0
+    for spec in case.plan().params:
+        if spec.kind == "kernel":
+            params.append(rand(M, *spec.shape, scale=1.0 / math.sqrt(spec.fan_in), uniform=True))
+        elif spec.kind == "norm_weight":
+            params.append(1 + rand(M, *spec.shape, scale=0.1))
+        else:
+            params.append(rand(M, *spec.shape, scale=bound, uniform=True))
+    weight, bias, *rest = (p.requires_grad_() for p in params)
+    return Inputs(x, weight, bias, rand(*shape).contiguous(memory_format=fmt), tuple(rest))
 
 
 def integrators(choice: Optional[str]) -> tuple:
@@ -148,6 +201,8 @@ def make_cases(device: str, args, native_bf16: Optional[bool] = None) -> list:
     else:
         shapes = DEFAULT_SHAPES[device]
     layers = reference.LAYERS if args.layer in (None, "all") else (args.layer,)
+    activation_of = lambda layer: args.activation or (RECIPES[layer]["activation"] if layer in RECIPES  # noqa: E731
+                                                      else DEFAULT_ACTIVATION[layer])
     steps = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS)
     precision = getattr(args, "mkldnn_fp32_precision", None)
     common = dict(controls=args.controls, dtype=args.dtype, norm=args.norm, channels_last=args.channels_last,
@@ -161,8 +216,8 @@ def make_cases(device: str, args, native_bf16: Optional[bool] = None) -> list:
         native_bf16 = cpu_info()["native_bf16"]
     cases = []
     for integrator in integrators(args.method):
-        cases += [Case(device, layer, args.activation or DEFAULT_ACTIVATION[layer], b, c, s, steps,
-                       autocast=args.autocast, integrator=integrator, mkldnn_fp32_precision=precision, **common)
+        cases += [Case(device, layer, activation_of(layer), b, c, s, steps, autocast=args.autocast,
+                       integrator=integrator, mkldnn_fp32_precision=precision, **common)
                   for (b, c, s) in shapes for layer in layers]
         if device == "cuda" and is_default:
             b, c, s = DEFAULT_SHAPES["cuda"][0]
@@ -173,4 +228,9 @@ def make_cases(device: str, args, native_bf16: Optional[bool] = None) -> list:
             for extra in (dict(autocast="bfloat16"), dict(mkldnn_fp32_precision="bf16")):
                 cases += [Case(device, layer, DEFAULT_ACTIVATION[layer], b, c, s, DEFAULT_STEPS,
                                integrator=integrator, **extra) for layer in reference.LAYERS]
+    if device == "cpu" and is_default:  # the ported right-hand sides at the shapes their models train
+        cases += [Case(device, "torchdiffeq", "relu", b, c, s, DEFAULT_STEPS, controls=1, norm="group")
+                  for (b, c, s) in PORTED_SHAPES["torchdiffeq"]]
+        cases += [Case(device, "seed_double_sym", "relu", b, c, s, SEED_RKNET_STEPS, controls=SEED_RKNET_STEPS // 2,
+                       interp="linear", integrator="rk4", norm="tv") for (b, c, s) in PORTED_SHAPES["seed_double_sym"]]
     return cases

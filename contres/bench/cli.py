@@ -8,7 +8,8 @@ import time
 
 from .. import reference
 from . import environment, malloc, memory, report
-from .cases import AUTOCAST, DEFAULT_SHAPES, DEFAULT_STEPS, DTYPES, QUICK_SHAPE, QUICK_STEPS, make_cases
+from .cases import (AUTOCAST, DEFAULT_SHAPES, DEFAULT_STEPS, DTYPES, LAYER_NAMES, PORTED_SHAPES, QUICK_SHAPE,
+                    QUICK_STEPS, SEED_RKNET_STEPS, make_cases)
 from . import methods
 from .methods import METHODS
 from .suite import bench_case
@@ -21,7 +22,10 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"Default cases (N={DEFAULT_STEPS}, float32, single/relu and double_sym/tanh): cpu B,C,H = "
                f"{DEFAULT_SHAPES['cpu'][0]}, plus both layers under bf16 autocast and with mkldnn's bf16 fp32 "
-               f"precision on CPUs with native bf16 (avx512_bf16 or AMX);\ncuda {DEFAULT_SHAPES['cuda']}, plus "
+               f"precision on CPUs with native bf16 (avx512_bf16 or AMX), plus the ported right-hand sides: "
+               f"torchdiffeq's ODE function (euler, one control) at {PORTED_SHAPES['torchdiffeq']} and the seed "
+               f"authors' RKNet block (rk4, N={SEED_RKNET_STEPS}, linear controls) at "
+               f"{PORTED_SHAPES['seed_double_sym']};\ncuda {DEFAULT_SHAPES['cuda']}, plus "
                f"single/relu on the first under bf16 autocast.\n\nMethods:\n{methods.__doc__.split(chr(10), 2)[2]}")
     p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
                    help="all (default): cpu, and cuda when available with fused CUDA kernels")
@@ -34,7 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--controls", type=int, help="controls M (default: N)")
     p.add_argument("--interp", choices=reference.INTERPS, default="constant",
                    help="interpolation of the controls (default: constant)")
-    p.add_argument("--layer", choices=reference.LAYERS + ("all",), help="default: all")
+    p.add_argument("--layer", choices=LAYER_NAMES + ("all",),
+                   help="a preset, or a ported right-hand side (torchdiffeq, seed_double_sym; README, 'Porting a "
+                        "model'); default: all presets")
     p.add_argument("--activation", choices=reference.ACTIVATIONS,
                    help="default: relu for single, tanh for double_sym")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="default: float32")

@@ -1,13 +1,15 @@
-"""The method registry: each method is a function (x, weight, bias) -> u_N computing one case's block.
+"""The method registry: each method is a function (x, weight, bias, *params) -> u_N computing one case's block
+(params: a ported right-hand side's other parameters, cases.RECIPES).
 
   fused             functional.ode_block(backend="fused"); under --autocast on the CPU it keeps the float32 state
                     and runs the convolutions in the autocast dtype (mixed precision, autocast_state="float32")
   fused_ckpt        the same with checkpoint=True (every ceil(sqrt(N))-th state kept, the rest recomputed)
   fused_reversible  leapfrog only: memory="reversible" (u_{N-1} and u_N kept, the states recomputed backward)
   fused_reduced     under --autocast only: fused with autocast_state="reduced", the whole block in the autocast dtype
-  eager             reference.ode_block under autograd: the baseline of every ratio. Under --autocast it runs under
-                    plain torch.autocast (per-op casting: convolutions in low precision, the state in float32),
-                    as a user's eager model does
+  eager             reference.ode_block under autograd: the baseline of every ratio (for a ported right-hand side
+                    the model's own ops: F.conv2d over torch.cat([t, z]), F.group_norm, ...). Under --autocast it
+                    runs under plain torch.autocast (per-op casting: convolutions in low precision, the state in
+                    float32), as a user's eager model does
   eager_blockcast   under --autocast only: functional.ode_block(backend="reference", autocast_state="reduced"),
                     the reference with the whole block cast to the autocast dtype, as fused_reduced
   compiled          torch.compile (inductor) of eager; compiled_blockcast likewise of eager_blockcast
@@ -51,14 +53,19 @@ class MethodSkipped(Exception):
 
 
 def _eager_fn(case: Case) -> Callable:
-    def fn(x, weight, bias):
-        return reference.ode_block(x, weight, bias, **case.block_kwargs())
+    kwargs = case.reference_kwargs()
+
+    def fn(x, weight, bias, *params):
+        return reference.ode_block(x, weight, bias, params=params, **kwargs)
     return fn
 
 
 def _functional_fn(case: Case, backend: str, **options) -> Callable:
-    def fn(x, weight, bias):
-        return functional.ode_block(x, weight, bias, backend=backend, **case.block_kwargs(), **options)
+    names = case.param_names()
+
+    def fn(x, weight, bias, *params):
+        return functional.ode_block(x, weight, bias, backend=backend, params=dict(zip(names, params)) or None,
+                                    **case.block_kwargs(), **options)
     return fn
 
 
@@ -71,9 +78,9 @@ def _fused_fn(case: Case, paths=("auto", "auto"), **options) -> Callable:
     if case.device != "cuda":
         return block
 
-    def fn(x, weight, bias):
+    def fn(*leaves):
         ops.set_cuda_paths(*paths)
-        return block(x, weight, bias)
+        return block(*leaves)
     return fn
 
 
@@ -118,8 +125,8 @@ def reset_compiled() -> None:
 
 
 def _torchdiffeq_fn(case: Case) -> Callable:
-    """odeint on the grid t_k = k T / N; f(t, u) is reference.rhs with the controls interpolated at t by the
-    block's rule (reference.control_weights_at), so the Euler solution equals eager's to rounding."""
+    """odeint on the grid t_k = k T / N; f(t, u) is the reference's right-hand side with the controls interpolated
+    at t by the block's rule (reference.control_weights_at), so the Euler solution equals eager's to rounding."""
     solver = TORCHDIFFEQ_METHOD.get(case.integrator)
     if solver is None:
         raise MethodSkipped(f"torchdiffeq has no {case.integrator}", silent=True)
@@ -127,23 +134,27 @@ def _torchdiffeq_fn(case: Case) -> Callable:
         import torchdiffeq
     except ImportError as exc:
         raise MethodSkipped(f"torchdiffeq not importable ({exc})", silent=True) from None
+    kwargs = case.reference_kwargs()
     act = reference.activation_fn(case.activation)
     N, M, T = case.steps, case.n_controls, case.T
     q = 6 * N  # every stage time here (steps, their halves and thirds) is p / q of T for an integer p
 
-    def controls_at(weight, bias, t):
+    def controls_at(params, t):
         row = reference.control_weights_at([(round(float(t) / T * q), q)], M, case.interp)[0]
         terms = [(a, j) for j, a in enumerate(row) if a != 0.0]
         if len(terms) == 1 and terms[0][0] == 1.0:  # one control owns t: use it as it is (no copy)
-            return weight[terms[0][1]], bias[terms[0][1]]
-        return sum(a * weight[j] for a, j in terms), sum(a * bias[j] for a, j in terms)
+            return [p[terms[0][1]] for p in params]
+        return [sum(a * p[j] for a, j in terms) for p in params]
 
     def grid(func, y0, t):  # exactly N steps of size T / N (no ceil() round-off in the step count)
         return torch.linspace(0.0, T, N + 1, dtype=t.dtype, device=t.device)
 
-    def fn(x, weight, bias):
+    def fn(x, *params):
         def f(t, u):
-            return reference.rhs(u, *controls_at(weight, bias, t), case.layer, act, case.norm)
+            rows = controls_at(params, t)
+            if kwargs["chain"] is not None:
+                return reference.chain_rhs(u, float(t), rows, kwargs["chain"])
+            return reference.rhs(u, rows[0], rows[1], case.layer, act, case.norm)
 
         t = torch.tensor([0.0, T], dtype=torch.float64, device=x.device)
         return torchdiffeq.odeint(f, x, t, method=solver, options={"grid_constructor": grid})[-1]
@@ -176,7 +187,7 @@ _BUILDERS = {
 
 
 def build_method(name: str, case: Case) -> Callable:
-    """The function (x, weight, bias) -> u_N of a method; raises MethodSkipped when it cannot run."""
+    """The function (x, weight, bias, *params) -> u_N of a method; raises MethodSkipped when it cannot run."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
     return _BUILDERS[name](case)
