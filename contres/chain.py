@@ -1,4 +1,4 @@
-"""Right-hand sides as chains of stages (docs/math.md section 7): the stage names, the presets, and the rule that
+"""Right-hand sides as chains of stages (docs/math.md section 8): the stage names, the presets, and the rule that
 gives every stage its width and every parameter its name and shape.
 
 A chain is a tuple of stage names applied in order to the state u (C channels):

@@ -1,4 +1,4 @@
-// The program of one chain of stages for one call (docs/math.md section 7): its convolutions, the runs of
+// The program of one chain of stages for one call (docs/math.md section 8): its convolutions, the runs of
 // elementwise stages between them with their widths, the parameters they read (in the op's order), and what one
 // evaluation keeps for the backward, each run's entry decided by config.h's keep_of. Built from the configuration
 // and the state's and the first kernel's widths; the real ops and the Meta kernels build the same plan, and

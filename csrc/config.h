@@ -14,7 +14,7 @@
 namespace contres {
 
 enum class Method : int64_t { Euler, Rk4, Leapfrog };
-// The layer: one of the two presets, or any other chain of stages (docs/math.md section 7). A preset is a chain too
+// The layer: one of the two presets, or any other chain of stages (docs/math.md section 8). A preset is a chain too
 // (single: conv, act; double_sym: conv, act, conv_t, neg; a norm stage after the conv when norm is not "none"),
 // and a chain equal to a preset's runs on the presets' own passes (chain.h says when).
 enum class Layer : int64_t { Single, DoubleSym, Chain };
@@ -141,7 +141,7 @@ constexpr bool gate_pass_reachable(Act act, Aux aux) {
   return act != Act::Softplus && (aux == aux_of(Layer::Single, act, Norm::None) || aux == Aux::Value);
 }
 
-// The norm stage's options (docs/math.md section 7): eps of the normalisation; groups of "group" (0: min(32, the
+// The norm stage's options (docs/math.md section 8): eps of the normalisation; groups of "group" (0: min(32, the
 // stage's width); "instance" is one group per channel); affine: a learned per-channel scale and shift after it.
 struct NormOptions {
   double eps = 0;

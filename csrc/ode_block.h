@@ -22,7 +22,7 @@ namespace contres {
 // bfloat16 or float16 for mixed precision -- the state, u_N, dL/dx and the weight gradients stay float32, the
 // weights are cast once per call and the convolutions run in conv_dtype (what torch.autocast does per op), and
 // full storage keeps the convolution inputs in it (saved.h).
-// layer: "single", "double_sym", or a chain of stages joined by commas (chain.h, docs/math.md section 7): then
+// layer: "single", "double_sym", or a chain of stages joined by commas (chain.h, docs/math.md section 8): then
 // weight and bias are the first conv's, `params` the chain's other parameters in order (each with the same rows),
 // norm_eps (None: the norm's default), norm_groups (0: min(32, width)), norm_affine and time_channel its options.
 // Returns (u_N, saved states, saved aux: one tensor per kept slot); u_0 is x itself and is not copied.

@@ -1,4 +1,4 @@
-"""Right-hand sides as chains of stages (contres.chain, docs/math.md section 7): the fused op against the reference
+"""Right-hand sides as chains of stages (contres.chain, docs/math.md section 8): the fused op against the reference
 (plain PyTorch: F.conv2d over torch.cat([t, z]), F.group_norm, F.conv_transpose2d) for every stage, norm, method,
 memory mode and interpolation, forward and every parameter's gradient; the ATen composition of the run passes
 (the CUDA path) against the CPU kernels; the widths and parameter names of the Python plan against the op's."""

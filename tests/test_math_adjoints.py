@@ -23,7 +23,7 @@ from contres import adjoint, reference
 from conftest import rel_err
 
 TOL = 1e-10  # float64, relative: max|a - ref| / max|ref|
-# The presets' sections (2-6); the chains' stages (section 7) have their own checks below.
+# The presets' sections (2-6); the chains' stages (section 8) have their own checks below.
 PRESET_NORMS = ("none", "tv")
 PRESET_ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid")
 
@@ -423,3 +423,91 @@ def test_checkpoint_and_reversible_slots_as_documented(method, s, kept):
         _, states, aux = torch.ops.contres.ode_forward(x, w, b, h, "single", "tanh", 0, "none", method, "reversible")
         assert states.shape[0] == 2 and aux == []
         assert rel_err(states[0], us[N - 1]) <= 1e-12 and rel_err(states[1], us[N]) <= 1e-12
+
+
+# ------------------------------------------------------------------------------- chains of stages (section 8)
+def _vjp(f, inputs, d):
+    """Autograd's vector-Jacobian products of f at inputs under d."""
+    inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    return torch.autograd.grad(f(*inputs), inputs, d)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 6])
+def test_group_norm_adjoint_as_documented(groups):
+    """Section 8.1: dx = rho (d' - mean(d') - xhat mean(d' xhat)), d' = gamma d; dgamma = sum d xhat, dbeta = sum d."""
+    g = torch.Generator().manual_seed(groups)
+    x = torch.randn(3, 6, 4, 5, generator=g, dtype=torch.float64) * 2 + 1
+    gamma, beta = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    d = torch.randn(3, 6, 4, 5, generator=g, dtype=torch.float64)
+    eps = 1e-5
+    xg = x.view(3, groups, -1)
+    mu, var = xg.mean(-1, keepdim=True), xg.var(-1, unbiased=False, keepdim=True)
+    rho = (var + eps).rsqrt()
+    xhat = ((xg - mu) * rho).view_as(x)
+    dp = d * gamma.view(1, -1, 1, 1)
+    dpg, xhg = dp.view(3, groups, -1), xhat.view(3, groups, -1)
+    dx = (rho * (dpg - dpg.mean(-1, keepdim=True) - xhg * (dpg * xhg).mean(-1, keepdim=True))).view_as(x)
+    want = _vjp(lambda x, w, b: F.group_norm(x, groups, w, b, eps), [x, gamma, beta], d)
+    for got, ref in zip((dx, (d * xhat).sum((0, 2, 3)), d.sum((0, 2, 3))), want):
+        assert rel_err(got, ref) <= TOL
+
+
+def test_tv_norm_affine_adjoint_as_documented():
+    """Section 8.1: dx = (d' - n <n, d'>_c) / r with d' = gamma d; dgamma = sum d n, dbeta = sum d."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 5, 3, 4, generator=g, dtype=torch.float64)
+    gamma, beta = torch.randn(5, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    d = torch.randn(2, 5, 3, 4, generator=g, dtype=torch.float64)
+    eps = 1e-4
+    r = torch.sqrt((x * x).sum(1, keepdim=True) + eps)
+    n = x / r
+    dp = d * gamma.view(1, -1, 1, 1)
+    dx = (dp - n * (n * dp).sum(1, keepdim=True)) / r
+
+    def tv(x, w, b):
+        return x * torch.rsqrt(x.square().sum(1, keepdim=True) + eps) * w.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+    want = _vjp(tv, [x, gamma, beta], d)
+    for got, ref in zip((dx, (d * n).sum((0, 2, 3)), d.sum((0, 2, 3))), want):
+        assert rel_err(got, ref) <= TOL
+
+
+def test_softplus_derivative_as_documented():
+    """Section 8.1: softplus' = e^x / (e^x + 1), 1 above the threshold 20 (torch's beta 1, threshold 20)."""
+    x = torch.linspace(-30, 30, 241, dtype=torch.float64)
+    df = torch.where(x > 20, torch.ones_like(x), torch.exp(x) / (torch.exp(x) + 1))
+    [want] = _vjp(lambda x: F.softplus(x, beta=1, threshold=20), [x], torch.ones_like(x))
+    assert rel_err(df, want) <= TOL
+
+
+def test_conv_t_weight_gradient_as_documented():
+    """Section 8.1: <d, convT(x, K)> = <K * d, x>, so dK of convT(x, K) is wgrad(d, x)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 6, 5, 4, generator=g, dtype=torch.float64)
+    K = torch.randn(6, 3, 3, 3, generator=g, dtype=torch.float64)  # a conv's kernel: 3 -> 6 channels
+    d = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64)
+    dx, dK = _vjp(lambda x, K: F.conv_transpose2d(x, K, padding=1), [x, K], d)
+    assert rel_err(F.conv2d(d, K, padding=1), dx) <= TOL
+    assert rel_err(conv2d_weight(d, K.shape, x, padding=1), dK) <= TOL
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_time_channel_as_documented(k):
+    """Section 8.1: conv(cat([t 1, x]), [K_t, K]) + b = K * x + b + t M with M = K_t * 1 (zero padding), and the
+    time kernel's gradient is t wgrad(1, sum_B d)."""
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(3, 4, 5, 6, generator=g, dtype=torch.float64)
+    Kfull = torch.randn(5, 5, k, k, generator=g, dtype=torch.float64)
+    b = torch.randn(5, generator=g, dtype=torch.float64)
+    d = torch.randn(3, 5, 5, 6, generator=g, dtype=torch.float64)
+    t = 0.375
+    pad = k // 2
+
+    def concat_conv(x, K, b):
+        return F.conv2d(torch.cat([torch.full_like(x[:, :1], t), x], 1), K, b, padding=pad)
+    ones = torch.ones(1, 1, 5, 6, dtype=torch.float64)
+    M = F.conv2d(ones, Kfull[:, :1], padding=pad)
+    assert rel_err(F.conv2d(x, Kfull[:, 1:], b, padding=pad) + t * M, concat_conv(x, Kfull, b)) <= TOL
+    _, dK, _ = _vjp(concat_conv, [x, Kfull, b], d)
+    dKt = t * conv2d_weight(ones, Kfull[:, :1].shape, d.sum(0, keepdim=True), padding=pad)
+    assert rel_err(dKt, dK[:, :1]) <= TOL
+    assert rel_err(conv2d_weight(x, Kfull[:, 1:].shape, d, padding=pad), dK[:, 1:]) <= TOL

@@ -22,3 +22,13 @@ def test_readme_starts_with_install_bench_and_install_test_commands():
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "README.md" in ci and "n == 2" in ci, ".ci/run must take its test command from README.md"
+
+
+def test_porting_recipes_run():
+    """The README's "Porting a model" code runs as written (it checks its own port)."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Porting a model", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+    assert len(blocks) == 2
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme"})

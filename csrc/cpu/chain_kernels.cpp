@@ -3,7 +3,7 @@
 // vectors (the last one partial when the width is not a multiple of the vector width), keeping each step's input
 // in a per-thread scratch row, and stores once per output. The work is split into items of whole pixels (within
 // one sample when a norm needs per-sample sums), each item's sums kept apart and added in item order afterwards,
-// so results do not depend on the threads. docs/math.md section 7 has the formulas.
+// so results do not depend on the threads. docs/math.md section 8 has the formulas.
 #include "vec.h"
 
 #include <ATen/ATen.h>

@@ -1,4 +1,4 @@
-// A chain's evaluation and its adjoint (docs/math.md section 7): each conv and conv_t one convolution call, each
+// A chain's evaluation and its adjoint (docs/math.md section 8): each conv and conv_t one convolution call, each
 // run of elementwise stages one pass in each direction (kernels.h's run passes; a grouped norm adds a sweep), the
 // method's combination in the last run's pass. The backward of run i - 1 sits between conv i's data gradient and
 // its weight gradient, so that the same pass that forms dL/dz_{i-1} also recomputes the conv's input y_{i-1} from
