@@ -5,13 +5,14 @@
 #   1. toolchain facts: compiler, the libstdc++ Python loads, torch, CUDA, cuDNN, the frontend, the tools;
 #   2. the build, timed (CONTRES_CUDA=1, CONTRES_CUDNN_FUSION=1, sm_90), and _C.so checked for a libstdc++ of its own;
 #   3. the code that never ran on a GPU, first: the foreign-tensor cases on CUDA; one call of each fused graph
-#      kind, each in a fresh process with the cuDNN frontend's log on; tests/test_cuda_graphs.py -v; the fusion and
+#      kind, each in a fresh process with the cuDNN frontend's log on; the chains on CUDA (their run passes composed
+#      of ATen ops, against the reference); tests/test_cuda_graphs.py -v; the fusion and
 #      validation tests under pytest-xdist with worker restarts (a crash names its test and the rest go on); a
 #      backtrace of the first crashing test id, alone (gdb where installed, else cuda-gdb while time allows);
 #   4. the broad CUDA group;
 #   5. a quick benchmark of every path (eager, compiled, fused = aten, fused_cudnn, fused_cudagraph,
 #      fused_cudnn_cudagraph) at the CUDA cases: B128 C64 32x32 N8 float32 and under bf16 autocast, B32 C16 28x28,
-#      single/relu and double_sym/tanh;
+#      single/relu and double_sym/tanh; torchdiffeq's ODE function at B128 C64 7x7 (eager, compiled, fused);
 #   6. compute-sanitizer's memcheck, if time is left.
 # Every Python process of the tests runs with scripts/segv_backtrace.c preloaded (the image has no gdb), so a crash
 # prints its C/C++ frames into the log, and frames in _C.so are turned into lines (addr2line) in summary.txt.
@@ -191,6 +192,8 @@ if ! skipped never_run; then
       rm -f "$f"
     done
   fi
+  group "chains on CUDA: ATen run passes (tests/test_chains.py -k cuda)" 60 "$NEVER" "${PYTEST[@]}" -q \
+    tests/test_chains.py -k cuda
   group "CUDA graphs (tests/test_cuda_graphs.py -v)" 90 "$NEVER" "${PYTEST[@]}" -v tests/test_cuda_graphs.py
   group "fusion and validation, xdist with worker restarts" 150 "$NEVER" "${PYTEST[@]}" -q \
     -n "$N_WORKERS" --max-worker-restart 50 tests/test_cudnn_fusion_gpu.py tests/test_op_validation.py \
@@ -228,8 +231,11 @@ if ! skipped bench; then
     --methods eager,fused,fused_cudnn,fused_cudagraph,fused_cudnn_cudagraph --json /tmp/contres-bench-paths.json
   group "benchmark: compiled, B128 C64 single/relu" 80 "$OUT/bench.log" "${BENCH[@]}" --batch 128 --channels 64 \
     --size 32 --layer single --methods eager,compiled,fused --json /tmp/contres-bench-compiled.json
+  group "benchmark: torchdiffeq's ODE function, B128 C64 7x7" 60 "$OUT/bench.log" "${BENCH[@]}" --batch 128 \
+    --channels 64 --size 7 --layer torchdiffeq --controls 1 --methods eager,compiled,fused \
+    --json /tmp/contres-bench-torchdiffeq.json
   [ "$DRY" = 1 ] || "$PY" scripts/gpu_check_tools.py merge-json "$OUT/bench.json" /tmp/contres-bench-paths.json \
-    /tmp/contres-bench-compiled.json
+    /tmp/contres-bench-compiled.json /tmp/contres-bench-torchdiffeq.json
 fi
 
 # ---- 6. the sanitizer, if time is left ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 
 import contres
 from contres import chain, reference
-from conftest import assert_close_rel, random_like, tol_for
+from conftest import DEVICE_PARAMS, assert_close_rel, random_like, tol_for
 
 # (name, layer, norm, options): options are ODEBlock keywords beyond the layer and norm.
 CHAINS = [
@@ -168,6 +168,19 @@ def test_past_one_piece_of_work(name):
         assert_matches_reference(block, inputs(C=12, B=3, H=33, W=31), torch.float64, name)
     finally:
         torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------------- every device
+@pytest.mark.parametrize("method", ["euler", "rk4"])
+@pytest.mark.parametrize("name", ["torchdiffeq", "seed_double_sym_tv", "seed_preact_instance", "conv_bias_act",
+                                  "two_norms", "double_sym_hidden_time"])
+@pytest.mark.parametrize("device", DEVICE_PARAMS)
+def test_chain_on_device(device, name, method):
+    """The fused chain on each device against the reference there (CUDA: cuDNN's convolutions and the ATen run
+    passes), float64, with checkpointing on rk4."""
+    _, layer, norm, options = BY_NAME[name]
+    block = chain_block(layer, norm, options, hidden=6, method=method, checkpoint=method == "rk4").to(device)
+    assert_matches_reference(block, inputs().to(device), torch.float64, f"{device}/{name}/{method}")
 
 
 # ------------------------------------------------------------------------------ the ATen run passes (CUDA's path)

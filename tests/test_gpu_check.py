@@ -20,9 +20,10 @@ import gpu_check_tools  # noqa: E402
 # the sanitizer last.
 ORDER = ["facts", "build", "libstdc++ of its own in _C.so", "foreign tensors on CUDA", "fused graph fwd_single",
          "fused graph conv_bias_act", "fused graph conv_axpy", "fused graph dgrad_gate", "fused graph dgrad_add",
-         "fused graph conv_gate", "fused graph wgrad", "CUDA graphs (tests/test_cuda_graphs.py -v)",
+         "fused graph conv_gate", "fused graph wgrad", "chains on CUDA", "CUDA graphs (tests/test_cuda_graphs.py -v)",
          "fusion and validation, xdist with worker restarts", "backtrace of the first crashing test id",
-         "broad CUDA group", "benchmark: every contres path", "benchmark: compiled", "compute-sanitizer memcheck"]
+         "broad CUDA group", "benchmark: every contres path", "benchmark: compiled", "benchmark: torchdiffeq",
+         "compute-sanitizer memcheck"]
 
 
 def test_script_parses():
@@ -42,7 +43,7 @@ def test_dry_run_checks_every_command(tmp_path):
         assert hits, f"group {name!r} missing from the plan:\n" + "\n".join(plans)
         positions.append(hits[0])
     assert positions == sorted(positions), "groups out of order:\n" + "\n".join(plans)
-    assert out.count("check: pytest collects") == 3 and out.count("check: benchmark arguments parse") == 2, out
+    assert out.count("check: pytest collects") == 4 and out.count("check: benchmark arguments parse") == 3, out
     assert not (ROOT / "build" / "gpu-check-built").exists()
     for path in (tmp_path / "out").iterdir():  # the dry run writes nothing but its summary
         assert path.name == "summary.txt", path
