@@ -33,6 +33,17 @@ TV = ("single", "tanh", 0, "tv", "euler", "states")
 CKPT2 = ("single", "relu", 2, "none", "euler", "states")
 RK4 = ("single", "relu", 0, "none", "rk4", "states")
 REV = ("single", "relu", 0, "none", "leapfrog", "reversible")
+# A chain that keeps several slots: z1 and z2 (pre) and three group norms' statistics.
+CHAIN = ("norm,act,conv,norm,act,conv,norm", "relu", 0, "group", "euler", "states")
+CHAIN_OPTIONS = dict(norm_affine=True, time_channel=True, norm_groups=1)
+
+
+def _chain_inputs(device, rows=N):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(B, C, H, W, generator=g, dtype=torch.float64)
+    shapes = [(C, C + 1, 3, 3), (C,), (C,), (C,), (C,), (C,), (C, C + 1, 3, 3), (C,), (C,), (C,)]
+    params = [torch.randn(rows, *s, generator=g, dtype=torch.float64) * 0.2 for s in shapes]
+    return x.to(device), [p.to(device) for p in params]
 
 
 def cases(device):
@@ -49,6 +60,11 @@ def cases(device):
     _, st_ck, aux_ck = _forward(x, w, b, CKPT2)
     wr, br = torch.cat([w, w[:1]]).repeat(2, 1, 1, 1, 1)[:2 * N + 1], torch.cat([b, b]).repeat(2, 1)[:2 * N + 1]
     _, st_rk4, aux_rk4 = _forward(x, wr, br, RK4)
+    xc, pc = _chain_inputs(device)
+    _, st_c, aux_c = torch.ops.contres.ode_forward(xc, pc[0], pc[1], H_STEP, *CHAIN, params=pc[2:], **CHAIN_OPTIONS)
+    gyc = torch.randn_like(xc)
+    chain = lambda **kw: ((gyc, xc, pc[0], pc[1], kw.get("states", st_c), kw.get("aux", aux_c), H_STEP,  # noqa
+                           *CHAIN), dict(CHAIN_OPTIONS, params=kw.get("params", pc[2:])))
     big = torch.zeros(st.shape[0], B, C, H, 2 * W, dtype=st.dtype, device=device)
     big[..., ::2] = st
     V, S, T_, D = ValueError, ValueError, TypeError, RuntimeError
@@ -99,14 +115,31 @@ def cases(device):
         "h negative": ((gy, x, w, b, st, aux, -0.5, *RELU), V, r"h must be"),
         "unknown activation": ((gy, x, w, b, st, aux, H_STEP, "single", "gelu", 0), V, r"activation must be one of"),
         "negative checkpoint": ((gy, x, w, b, st, aux, H_STEP, "single", "relu", -1), V, r"checkpoint must be >= 0"),
+        # a chain's several kept slots and its params
+        "chain aux slots swapped": (chain(aux=[aux_c[1], aux_c[0], *aux_c[2:]]), S, r"aux\[0\] must be"),
+        "chain aux missing its last slot": (chain(aux=aux_c[:-1]), V, r"aux must be .* 5 tensors, got 4"),
+        "chain stats of another batch": (chain(aux=[*aux_c[:2], aux_c[2][:, :1], *aux_c[3:]]), V,
+                                         r"aux\[2\] must be .* stats"),
+        "chain stats as float32": (chain(aux=[*aux_c[:2], aux_c[2].float(), *aux_c[3:]]), T_, r"aux\[2\] .* dtype"),
+        "chain pre of a preset": (chain(aux=[aux_tv[0], *aux_c[1:]]), V, r"aux\[0\] must be"),
+        "chain without its params": (chain(params=[]), V, r"params besides weight and bias"),
+        "chain params of fewer rows": (chain(params=[p[:2] for p in pc[2:]]), V, r"params\[0\] \(norm_weight\)"),
+        "chain params on meta": (chain(params=[p.to("meta") for p in pc[2:]]), D, r"params\[0\] .* must be on"),
     }
+
+
+def call(args):
+    """The backward on a case's arguments: positional, or (positional, keywords) for a chain's."""
+    if isinstance(args[-1], dict):
+        return torch.ops.contres.ode_backward(*args[0], **args[1])
+    return torch.ops.contres.ode_backward(*args)
 
 
 def run_all(device):
     for name, (args, _, _) in cases(device).items():
         print(f"case {name}", flush=True)
         try:
-            torch.ops.contres.ode_backward(*args)
+            call(args)
         except Exception as exc:  # noqa: BLE001
             print(f"raised {name}: {type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
         else:

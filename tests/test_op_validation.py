@@ -11,7 +11,7 @@ import torch
 
 from conftest import DEVICE_PARAMS, assert_bitwise_equal
 from contres._subprocess import child_env, python_command
-from foreign_cases import cases
+from foreign_cases import call, cases
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASE_NAMES = list(cases("cpu"))
@@ -35,11 +35,12 @@ def test_no_case_crashes_the_process(device):
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
 def test_foreign_tensor_is_refused(device, name):
     args, exc, match = cases(device)[name]
-    flat = [t for a in args for t in (a if isinstance(a, list) else [a])]
+    everything = list(args[0]) + list(args[1].values()) if isinstance(args[-1], dict) else list(args)
+    flat = [t for a in everything for t in (a if isinstance(a, list) else [a])]
     tensors = [a for a in flat if isinstance(a, torch.Tensor) and a.device.type != "meta"]
     before = [t.detach().clone() for t in tensors]
     with pytest.raises(exc, match=match):
-        torch.ops.contres.ode_backward(*args)
+        call(args)
     for i, (t, b) in enumerate(zip(tensors, before)):
         assert_bitwise_equal(t, b, f"input {i}")
 
