@@ -17,7 +17,8 @@ from .report import MIB
 # reversible_drift: ops.last_reversible_drift() after fused_reversible's first backward.
 ROW_NUMBERS = ("fwd_ms", "fwd_bwd_ms", "speedup_fwd", "speedup_fwd_bwd", "act_mem_bytes", "act_mem_mib",
                "mem_ratio", "alloc_mem_bytes", "peak_mem_bytes", "max_diff_out", "max_diff_grad_w",
-               "max_rel_diff_out", "max_rel_diff_grad_w", "first_call_ms", "cpu_pool_bytes", "reversible_drift")
+               "max_rel_diff_out", "max_rel_diff_grad_w", "l2_rel_diff_grad_w", "first_call_ms", "cpu_pool_bytes",
+               "reversible_drift")
 
 
 def make_row(case: Case, method: str, malloc: Optional[str] = None, **values) -> dict:
@@ -40,6 +41,12 @@ def _short_error(exc: BaseException) -> str:
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.detach().double() - b.detach().double()).abs().max().item()
+
+
+def l2_rel_diff(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """||a - ref|| / ||ref||: stable where a few elements take the other side of a relu kink."""
+    r = ref.detach().double()
+    return ((a.detach().double() - r).norm() / r.norm().clamp_min(1e-30)).item()
 
 
 @dataclasses.dataclass
@@ -74,6 +81,7 @@ def prepare_method(name: str, case: Case, inputs: Inputs, ref, malloc: Optional[
     values["max_diff_grad_w"] = max_abs_diff(grads[1], ref_grads[1])
     values["max_rel_diff_out"] = values["max_diff_out"] / max(ref_out.detach().abs().max().item(), 1e-30)
     values["max_rel_diff_grad_w"] = values["max_diff_grad_w"] / max(ref_grads[1].abs().max().item(), 1e-30)
+    values["l2_rel_diff_grad_w"] = l2_rel_diff(grads[1], ref_grads[1])
     del out, grads
     if name in methods.GRAPHED:
         values["note"] = "memory not measured: the CUDA graphs keep it in their own pool, out of the hooks' sight"
