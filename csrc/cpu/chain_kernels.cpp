@@ -23,6 +23,9 @@ namespace {
 
 using at::vec::Vectorized;
 
+// How many lanes of a vector hold data: all of them (a compile-time constant: the flat loops) or the first n.
+struct AllLanes {};
+
 // n <= OpVec<E>::size() elements of E at p, widened to an opmath vector (the other lanes 0).
 template <typename E>
 cpu::OpVec<E> load_n(const E* p, int64_t n) {
@@ -31,6 +34,10 @@ cpu::OpVec<E> load_n(const E* p, int64_t n) {
   E lanes[V];
   for (int64_t i = 0; i < V; ++i) lanes[i] = i < n ? p[i] : E(0);
   return cpu::load_vec(lanes);
+}
+template <typename E>
+cpu::OpVec<E> load_n(const E* p, AllLanes) {
+  return cpu::load_vec(p);
 }
 
 // The first n lanes of v, rounded to E, at p.
@@ -41,6 +48,10 @@ void store_n(E* p, const cpu::OpVec<E>& v, int64_t n) {
   E lanes[V];
   cpu::store_vec(lanes, v);
   std::memcpy(p, lanes, n * sizeof(E));
+}
+template <typename E>
+void store_n(E* p, const cpu::OpVec<E>& v, AllLanes) {
+  cpu::store_vec(p, v);
 }
 
 // Elements of a flat bit array (Mask layout: bit t of byte j is element 8j + t).
@@ -92,11 +103,15 @@ unsigned act_sign_bits(const Vectorized<double>& v) {
 // sample), else of a multiple of 8 pixels so that each owns whole bytes of a Mask.
 struct Items {
   static constexpr int64_t kElements = 1 << 12;  // a block of this many opmath values per step stays in L1-L2
+  // A sample up to this many values is one item: a group norm's sums are then formed on the block itself, in the
+  // pass that uses them, with no sweep before it (its rows still fit the core's L2).
+  static constexpr int64_t kSampleElements = 1 << 14;
   int64_t pixels, per_sample, chunk, per_b = 0, count;
   bool by_sample;
   Items(int64_t pixels_, int64_t batch, int64_t width, bool by_sample_)
       : pixels(pixels_), per_sample(batch > 0 ? pixels_ / batch : 0), by_sample(by_sample_) {
     chunk = std::max<int64_t>(8, (kElements / std::max<int64_t>(width, 1) + 7) / 8 * 8);
+    if (by_sample && per_sample * width <= kSampleElements) chunk = std::max<int64_t>(per_sample, 1);
     if (by_sample) {
       per_b = per_sample == 0 ? 0 : (per_sample + chunk - 1) / chunk;
       count = batch * per_b;
@@ -109,6 +124,8 @@ struct Items {
     return by_sample ? std::min(chunk, per_sample - (i % per_b) * chunk) : std::min(chunk, pixels - i * chunk);
   }
   int64_t sample(int64_t i) const { return by_sample ? i / per_b : -1; }
+  // Each sample is one item: its statistics and sums come from the block itself.
+  bool whole_samples() const { return by_sample && per_b == 1; }
 };
 
 // The run's steps with this row's parameters in the opmath type T, each row padded to Wp (a multiple of the
@@ -150,12 +167,74 @@ struct Program {
   const T* norm_shift(int64_t s) const { return rows[s].data() + Wp; }
 };
 
+// Per channel, the sums of x - x_first and of its square over the n pixels of a block row set (x_first: the first
+// pixel's value), for a group norm's statistics.
+template <typename T>
+void shifted_moments(const T* x, int64_t n, int64_t Wp, T* shift, T* s1, T* s2) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  std::copy(x, x + Wp, shift);
+  for (int64_t c = 0; c < Wp; c += V) {
+    const Vec sh0 = Vec::loadu(shift + c);
+    Vec a1(0), a2(0);
+    for (int64_t p = 0; p < n; ++p) {
+      const Vec dv = Vec::loadu(x + p * Wp + c) - sh0;
+      a1 = a1 + dv, a2 = at::vec::fmadd(dv, dv, a2);
+    }
+    a1.store(s1 + c), a2.store(s2 + c);
+  }
+}
+
+// Merges pieces of one group (each: k values with shifted sums shift, a1, a2) by Chan's rule, in double.
+struct GroupMoments {
+  double n = 0, mean = 0, m2 = 0;
+  void add(double k, double shift, double a1, double a2) {
+    const double piece_mean = shift + a1 / k, piece_m2 = std::max(0.0, a2 - a1 * a1 / k);
+    const double total = n + k, delta = piece_mean - mean;
+    mean += delta * k / total;
+    m2 += piece_m2 + delta * delta * n * k / total;
+    n = total;
+  }
+  double rstd(double eps) const { return 1.0 / std::sqrt(m2 / n + eps); }
+};
+
 // A group norm's statistics for one sample as per-channel rows: mean and 1 / std (forward), and in the backward
 // the means over the group of dxhat and dxhat * xhat.
 template <typename T>
 struct SampleRows {
   std::vector<std::vector<T>> mean, rstd, m1, m2;  // per step (empty unless grouped)
   explicit SampleRows(size_t steps) : mean(steps), rstd(steps), m1(steps), m2(steps) {}
+
+  // Step s's statistics from the n pixels of x, the whole of sample b: written to stats (B, groups, 2) and
+  // into the rows.
+  void set_stats(const Program<T>& prog, int64_t s, const T* x, int64_t n, const at::Tensor& stats, int64_t b) {
+    const RunStep& step = prog.run.steps[s];
+    const int64_t per = prog.W / step.groups, Wp = prog.Wp;
+    std::vector<T> sums(3 * Wp);
+    shifted_moments(x, n, Wp, sums.data(), sums.data() + Wp, sums.data() + 2 * Wp);
+    T* out = stats.mutable_data_ptr<T>() + b * step.groups * 2;
+    mean[s].assign(Wp, T(0)), rstd[s].assign(Wp, T(0));
+    for (int64_t g = 0; g < step.groups; ++g) {
+      GroupMoments m;
+      for (int64_t c = g * per; c < (g + 1) * per; ++c) m.add(n, sums[c], sums[Wp + c], sums[2 * Wp + c]);
+      out[2 * g] = static_cast<T>(m.mean), out[2 * g + 1] = static_cast<T>(m.rstd(step.eps));
+      for (int64_t c = g * per; c < (g + 1) * per; ++c) mean[s][c] = out[2 * g], rstd[s][c] = out[2 * g + 1];
+    }
+  }
+
+  // Step s's backward means over each group of the per-channel sums s1, s2 of n pixels, into m1, m2.
+  void set_means(const Program<T>& prog, int64_t s, const T* s1, const T* s2, int64_t n) {
+    const RunStep& step = prog.run.steps[s];
+    const int64_t per = prog.W / step.groups;
+    m1[s].assign(prog.Wp, T(0)), m2[s].assign(prog.Wp, T(0));
+    const double count = static_cast<double>(per * n);
+    for (int64_t g = 0; g < step.groups; ++g) {
+      double a1 = 0, a2 = 0;
+      for (int64_t c = g * per; c < (g + 1) * per; ++c) a1 += s1[c], a2 += s2[c];
+      for (int64_t c = g * per; c < (g + 1) * per; ++c)
+        m1[s][c] = static_cast<T>(a1 / count), m2[s][c] = static_cast<T>(a2 / count);
+    }
+  }
 
   // From the (B, groups, 2) statistics of each grouped step, for sample b.
   void load_stats(const Program<T>& prog, const std::vector<at::Tensor>& stats, int64_t b, int64_t upto = -1) {
@@ -192,7 +271,7 @@ template <typename T, typename Fn>
 void for_vectors(const Program<T>& prog, int64_t n, const Fn& fn) {
   constexpr int64_t V = Vectorized<T>::size();
   if (prog.W == prog.Wp) {
-    for (int64_t i = 0; i < n * prog.W; i += V) fn(i, i, V);
+    for (int64_t i = 0; i < n * prog.W; i += V) fn(i, i, AllLanes{});
     return;
   }
   for (int64_t p = 0; p < n; ++p)
@@ -212,9 +291,12 @@ struct TimeMapRows {
 
 // x(0) = the n pixels of `in` from pixel p0 (+ the time map), then steps [0, upto) forward. `mask` takes the sign
 // bits of the activation's input (element e of the flat data: bit e) when set.
+// With `inline_stats` (the block is one whole sample, `sample`), each group norm's statistics are formed from the
+// block as it is reached, written to its stats tensor and into rows.
 template <typename T, Act A, typename In>
-void block_forward(const Program<T>& prog, const SampleRows<T>& rows, Block<T>& blk, const In* in, const T* tmap,
-                   int64_t HW, int64_t p0, int64_t n, int64_t upto, uint8_t* mask = nullptr) {
+void block_forward(const Program<T>& prog, SampleRows<T>& rows, Block<T>& blk, const In* in, const T* tmap,
+                   int64_t HW, int64_t p0, int64_t n, int64_t upto, uint8_t* mask = nullptr,
+                   const std::vector<at::Tensor>* inline_stats = nullptr, int64_t sample = -1) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const int64_t W = prog.W, Wp = prog.Wp, flat = n * Wp;
@@ -222,11 +304,11 @@ void block_forward(const Program<T>& prog, const SampleRows<T>& rows, Block<T>& 
   const In* src = in + p0 * W;
   if (tmap) {
     const TimeMapRows rows_of_t(p0, HW, W);
-    for_vectors(prog, n, [&](int64_t bi, int64_t di, int64_t k) {
+    for_vectors(prog, n, [&](int64_t bi, int64_t di, auto k) {
       (load_n(src + di, k) + load_n(tmap + rows_of_t.at(di), k)).store(x0 + bi);
     });
   } else {
-    for_vectors(prog, n, [&](int64_t bi, int64_t di, int64_t k) { load_n(src + di, k).store(x0 + bi); });
+    for_vectors(prog, n, [&](int64_t bi, int64_t di, auto k) { load_n(src + di, k).store(x0 + bi); });
   }
   for (int64_t s = 0; s < upto; ++s) {
     const RunStep& step = prog.run.steps[s];
@@ -269,6 +351,7 @@ void block_forward(const Program<T>& prog, const SampleRows<T>& rows, Block<T>& 
               at::vec::fmadd(Vec::loadu(x + p * Wp + c) * Vec(inv_r[p]), g, beta).store(y + p * Wp + c);
           }
         } else {
+          if (inline_stats) rows.set_stats(prog, s, x, n, (*inline_stats)[s], sample);
           for (int64_t c = 0; c < Wp; c += V) {
             const Vec mean = Vec::loadu(rows.mean[s].data() + c), rstd = Vec::loadu(rows.rstd[s].data() + c);
             const Vec g = gamma ? Vec::loadu(gamma + c) * rstd : rstd;
@@ -335,18 +418,7 @@ void norm_statistics(const Program<T>& prog, const Items& items, const Shape& sh
       const int64_t b = items.sample(i), p0 = items.first(i), n = items.size(i);
       if (b != loaded) rows.load_stats(prog, all_stats, b, s), loaded = b;
       block_forward<T, A, In>(prog, rows, blk, in, tmap, sh.HW, p0, n, s);
-      const T* x = blk.x(s);
-      T *shift = sums.at(i, 0), *s1 = sums.at(i, 1), *s2 = sums.at(i, 2);
-      std::copy(x, x + Wp, shift);
-      for (int64_t c = 0; c < Wp; c += V) {
-        const Vec sh0 = Vec::loadu(shift + c);
-        Vec a1(0), a2(0);
-        for (int64_t p = 0; p < n; ++p) {
-          const Vec dv = Vec::loadu(x + p * Wp + c) - sh0;
-          a1 = a1 + dv, a2 = at::vec::fmadd(dv, dv, a2);
-        }
-        a1.store(s1 + c), a2.store(s2 + c);
-      }
+      shifted_moments(blk.x(s), n, Wp, sums.at(i, 0), sums.at(i, 1), sums.at(i, 2));
     }
   });
   const RunStep& step = prog.run.steps[s];
@@ -354,20 +426,12 @@ void norm_statistics(const Program<T>& prog, const Items& items, const Shape& sh
   T* out = all_stats[s].mutable_data_ptr<T>();
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t g = 0; g < step.groups; ++g) {
-      double n = 0, mean = 0, m2 = 0;  // merged over (item, channel) pieces
-      for (int64_t i = b * items.per_b; i < (b + 1) * items.per_b; ++i) {
-        const double k = static_cast<double>(items.size(i));
-        for (int64_t c = g * per; c < (g + 1) * per; ++c) {
-          const double sh0 = sums.at(i, 0)[c], a1 = sums.at(i, 1)[c], a2 = sums.at(i, 2)[c];
-          const double piece_mean = sh0 + a1 / k, piece_m2 = std::max(0.0, a2 - a1 * a1 / k);
-          const double total = n + k, delta = piece_mean - mean;
-          mean += delta * k / total;
-          m2 += piece_m2 + delta * delta * n * k / total;
-          n = total;
-        }
-      }
-      out[2 * (b * step.groups + g)] = static_cast<T>(mean);
-      out[2 * (b * step.groups + g) + 1] = static_cast<T>(1.0 / std::sqrt(m2 / n + step.eps));
+      GroupMoments m;  // merged over (item, channel) pieces
+      for (int64_t i = b * items.per_b; i < (b + 1) * items.per_b; ++i)
+        for (int64_t c = g * per; c < (g + 1) * per; ++c)
+          m.add(static_cast<double>(items.size(i)), sums.at(i, 0)[c], sums.at(i, 1)[c], sums.at(i, 2)[c]);
+      out[2 * (b * step.groups + g)] = static_cast<T>(m.mean);
+      out[2 * (b * step.groups + g) + 1] = static_cast<T>(m.rstd(step.eps));
     }
   }
 }
@@ -398,8 +462,10 @@ void run_forward(const RunForwardPass& a) {
   const T* tmap = a.time_map.defined() ? a.time_map.const_data_ptr<T>() : nullptr;
   std::vector<at::Tensor> stats = a.stats;
   stats.resize(run.steps.size());
-  for (int64_t s = 0; s < ns; ++s)
-    if (run.steps[s].grouped()) norm_statistics<T, A, In>(prog, items, sh, s, in, tmap, a.batch, stats);
+  const bool inline_stats = items.whole_samples();
+  if (!inline_stats)
+    for (int64_t s = 0; s < ns; ++s)
+      if (run.steps[s].grouped()) norm_statistics<T, A, In>(prog, items, sh, s, in, tmap, a.batch, stats);
 
   const Combination& comb = a.comb;
   const bool combine = comb.out.defined() || comb.out_low.defined();
@@ -423,26 +489,31 @@ void run_forward(const RunForwardPass& a) {
     int64_t loaded = -1;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = items.sample(i), p0 = items.first(i), n = items.size(i);
-      if (sh.grouped && b != loaded) rows.load_stats(prog, stats, b), loaded = b;
+      if (sh.grouped && !inline_stats && b != loaded) rows.load_stats(prog, stats, b), loaded = b;
       if (mask) std::memset(mask + p0 * W / 8, 0, (n * W + 7) / 8);
-      block_forward<T, A, In>(prog, rows, blk, in, tmap, sh.HW, p0, n, ns, mask);
+      block_forward<T, A, In>(prog, rows, blk, in, tmap, sh.HW, p0, n, ns, mask, inline_stats ? &stats : nullptr, b);
       if (pre) std::memcpy(pre + p0 * W, in + p0 * W, n * W * sizeof(In));
+      // Each output in a loop of its own (f stays in the core's cache between them): the combination reads its
+      // operands' elements before it writes them, and out never aliases y0, nor out2 x0 or x1 (kernels.h).
       const T* f = blk.x(ns);
       const int64_t e0 = p0 * W;
-      for_vectors(prog, n, [&](int64_t bi, int64_t di, int64_t k) {
-        const int64_t e = e0 + di;
-        const Vec fv = Vec::loadu(f + bi);
-        if (out) store_n(out + e, fv, k);
-        if (value) store_n(value + e, fv, k);
-        if (combine) {
+      for (L* target : {out, value})
+        if (target)
+          for_vectors(prog, n, [&](int64_t bi, int64_t di, auto k) { store_n(target + e0 + di, Vec::loadu(f + bi), k); });
+      if (combine) {
+        for_vectors(prog, n, [&](int64_t bi, int64_t di, auto k) {
+          const int64_t e = e0 + di;
           Vec acc = c0 * load_n(x0 + e, k);
           if (x1) acc = at::vec::fmadd(c1, load_n(x1 + e, k), acc);
-          acc = at::vec::fmadd(alpha, fv, acc);
+          acc = at::vec::fmadd(alpha, Vec::loadu(f + bi), acc);
           if (o) store_n(o + e, acc, k);
           if (o_low) store_n(o_low + e, acc, k);
-        }
-        if (o2) store_n(o2 + e, at::vec::fmadd(beta, fv, load_n(y0 + e, k)), k);
-      });
+        });
+      }
+      if (o2)
+        for_vectors(prog, n, [&](int64_t bi, int64_t di, auto k) {
+          store_n(o2 + e0 + di, at::vec::fmadd(beta, Vec::loadu(f + bi), load_n(y0 + e0 + di, k)), k);
+        });
     }
   });
 }
@@ -513,28 +584,27 @@ void run_gate(const RunGatePass& a) {
   // The backward of the n pixels of an item from its output down to step `stop`: the final pass (stop = 0,
   // sums = nullptr) stores g, the running sum and the recomputed output and adds the parameter gradients into
   // `grads`; a sweep (stop: a grouped step, sums: its two rows) adds that step's dxhat and dxhat * xhat and ends.
-  auto backward = [&](Block<T>& blk, const SampleRows<T>& rows, int64_t p0, int64_t n, int64_t stop, T* sum1,
-                      T* sum2, ItemSums<T>* grads, int64_t item) {
+  // With whole samples (items.whole_samples()) the final pass forms each group norm's sums on the block itself.
+  const bool inline_sums = items.whole_samples();
+  auto backward = [&](Block<T>& blk, SampleRows<T>& rows, int64_t p0, int64_t n, int64_t stop, T* sum1, T* sum2,
+                      ItemSums<T>* grads, int64_t item) {
     const bool final_pass = sum1 == nullptr;
     if (in) block_forward<T, A, In>(prog, rows, blk, in, tmap, sh.HW, p0, n, ns);
     T* d = blk.d.get();
     const int64_t e0 = p0 * W;
-    for_vectors(prog, n, [&](int64_t bi, int64_t di, int64_t k) {
-      const int64_t e = e0 + di;
-      Vec v;
-      if (last) {
-        v = load_n(lam + e, k);
-        if (mu) {
-          const Vec m = load_n(mu + e, k);
-          v = at::vec::fmadd(cmu, m, v);
-          if (sum_out && final_pass) store_n(sum_out + e, load_n(sum_in + e, k) + m, k);
-        }
-        v = v * scale;
-      } else {
-        v = load_n(dy + e, k);
-      }
-      v.store(d + bi);
-    });
+    if (!last) {
+      for_vectors(prog, n, [&](int64_t bi, int64_t di, auto k) { load_n(dy + e0 + di, k).store(d + bi); });
+    } else if (!mu) {
+      for_vectors(prog, n, [&](int64_t bi, int64_t di, auto k) { (load_n(lam + e0 + di, k) * scale).store(d + bi); });
+    } else {
+      const bool sum = sum_out && final_pass;
+      for_vectors(prog, n, [&](int64_t bi, int64_t di, auto k) {
+        const int64_t e = e0 + di;
+        const Vec m = load_n(mu + e, k);
+        (at::vec::fmadd(cmu, m, load_n(lam + e, k)) * scale).store(d + bi);
+        if (sum) store_n(sum_out + e, load_n(sum_in + e, k) + m, k);  // after its mu (it may alias mu)
+      });
+    }
     const int64_t flat = n * Wp;
     for (int64_t s = ns - 1; s >= stop; --s) {
       const RunStep& st = run.steps[s];
@@ -603,30 +673,41 @@ void run_gate(const RunGatePass& a) {
               }
             }
           } else {
-            const bool sweep = s == stop && sum1;
+            // Adds the group's sums of d' = gamma d and d' xhat over the block, per channel, into t1 and t2.
+            auto group_sums = [&](T* t1, T* t2) {
+              for (int64_t c = 0; c < Wp; c += V) {
+                const Vec mean = Vec::loadu(rows.mean[s].data() + c), rstd = Vec::loadu(rows.rstd[s].data() + c);
+                const Vec gv = gamma ? Vec::loadu(gamma + c) : Vec(1);
+                Vec s1(0), s2(0);
+                for (int64_t p = 0; p < n; ++p) {
+                  const Vec dv = Vec::loadu(d + p * Wp + c) * gv;
+                  s1 = s1 + dv, s2 = at::vec::fmadd(dv, (Vec::loadu(x + p * Wp + c) - mean) * rstd, s2);
+                }
+                (Vec::loadu(t1 + c) + s1).store(t1 + c), (Vec::loadu(t2 + c) + s2).store(t2 + c);
+              }
+            };
+            if (s == stop && sum1) {  // a sweep: this step's sums are what it is for
+              group_sums(sum1, sum2);
+              return;
+            }
+            if (inline_sums) {
+              std::vector<T> t(2 * Wp, T(0));
+              group_sums(t.data(), t.data() + Wp);
+              rows.set_means(prog, s, t.data(), t.data() + Wp, n);
+            }
             for (int64_t c = 0; c < Wp; c += V) {
               const Vec mean = Vec::loadu(rows.mean[s].data() + c), rstd = Vec::loadu(rows.rstd[s].data() + c);
               const Vec gv = gamma ? Vec::loadu(gamma + c) : Vec(1);
-              const Vec m1 = sweep ? Vec(0) : Vec::loadu(rows.m1[s].data() + c);
-              const Vec m2 = sweep ? Vec(0) : Vec::loadu(rows.m2[s].data() + c);
-              Vec aw(0), ab(0), s1(0), s2(0);
+              const Vec m1 = Vec::loadu(rows.m1[s].data() + c), m2 = Vec::loadu(rows.m2[s].data() + c);
+              Vec aw(0), ab(0);
               for (int64_t p = 0; p < n; ++p) {
                 const Vec xhat = (Vec::loadu(x + p * Wp + c) - mean) * rstd;
                 Vec dv = Vec::loadu(d + p * Wp + c);
                 if (gamma) aw = at::vec::fmadd(dv, xhat, aw), ab = ab + dv, dv = dv * gv;
-                if (sweep) {
-                  s1 = s1 + dv, s2 = at::vec::fmadd(dv, xhat, s2);
-                } else {
-                  (rstd * (dv - m1 - xhat * m2)).store(d + p * Wp + c);
-                }
+                (rstd * (dv - m1 - xhat * m2)).store(d + p * Wp + c);
               }
-              if (sweep) {
-                (Vec::loadu(sum1 + c) + s1).store(sum1 + c), (Vec::loadu(sum2 + c) + s2).store(sum2 + c);
-              } else if (acc) {
-                (Vec::loadu(acc + c) + aw).store(acc + c), (Vec::loadu(acc_b + c) + ab).store(acc_b + c);
-              }
+              if (acc) (Vec::loadu(acc + c) + aw).store(acc + c), (Vec::loadu(acc_b + c) + ab).store(acc_b + c);
             }
-            if (sweep) return;
           }
           break;
         }
@@ -643,16 +724,16 @@ void run_gate(const RunGatePass& a) {
         for (int64_t p = 0; p < n; ++p) sum = sum + Vec::loadu(d + p * Wp + c);
         (Vec::loadu(acc + c) + sum).store(acc + c);
       }
-    const T* y = in ? blk.x(ns) : nullptr;
-    for_vectors(prog, n, [&](int64_t bi, int64_t di, int64_t k) {
-      store_n(g + e0 + di, Vec::loadu(d + bi), k);
-      if (out) store_n(out + e0 + di, Vec::loadu(y + bi), k);
-    });
+    for_vectors(prog, n, [&](int64_t bi, int64_t di, auto k) { store_n(g + e0 + di, Vec::loadu(d + bi), k); });
+    if (out) {
+      const T* y = blk.x(ns);
+      for_vectors(prog, n, [&](int64_t bi, int64_t di, auto k) { store_n(out + e0 + di, Vec::loadu(y + bi), k); });
+    }
   };
 
   // The group sums of each grouped step, from the last step's to the first's: a step's sweep needs those of the
   // steps after it.
-  for (int64_t s = ns - 1; s >= 0; --s) {
+  for (int64_t s = ns - 1; s >= 0 && !inline_sums; --s) {
     const RunStep& st = run.steps[s];
     if (!st.grouped()) continue;
     ItemSums<T> sums(items.count, 2, Wp);
