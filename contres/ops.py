@@ -56,7 +56,8 @@ def ode_backward(grad_out, x, weight, bias, states, aux, h: float, layer: str, a
 
 
 def last_paths() -> dict:
-    """What the latest forward and backward op calls on this thread ran: "cpu", "cuda:aten" (cuDNN convolutions
+    """What the latest forward and backward op calls on this thread ran: "cpu:aten" or "cpu:own" (set_cpu_paths),
+    "cuda:aten" (cuDNN convolutions
     and the fused elementwise passes, step by step), "cuda:fused" (the fused cuDNN graphs), with "+graph" when
     replayed from a CUDA graph of the whole call; "none" before the first call."""
     _require_ext()
@@ -73,6 +74,21 @@ def set_cuda_paths(conv: str = "auto", graphs: str = "auto") -> None:
     measurements on the GPU is not set yet (see bench/RESULTS.md)."""
     _require_ext()
     _ext._C.set_cuda_paths(conv, graphs)
+
+
+def set_cpu_paths(conv: str = "auto") -> None:
+    """Choose the CPU convolution (for every thread; environment: CONTRES_CPU_CONV): "aten" (ATen's, oneDNN),
+    "own" (contres' own direct convolution on ATen's brgemm microkernel, float32; others stay on ATen's), or
+    "auto", which is ATen's on every CPU measured so far (README, "The CPU convolution"). last_paths() names what
+    ran: "cpu:aten" or "cpu:own"."""
+    _require_ext()
+    _ext._C.set_cpu_paths(conv)
+
+
+def cpu_paths() -> dict:
+    """The current choice of set_cpu_paths: {"conv": ...}."""
+    _require_ext()
+    return dict(_ext._C.cpu_paths())
 
 
 def cuda_paths() -> dict:

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "cpu/buffer_pool.h"
+#include "cpu/own_conv_bindings.h"
 #include "cuda_caches.h"
 #include "ode_block.h"
 #include "paths.h"
@@ -88,6 +89,13 @@ PYBIND11_MODULE(_C, m) {
     d["graphs"] = contres::name_of(s.graphs);
     return d;
   });
+  m.def("set_cpu_paths", &contres::set_cpu_conv_path, py::arg("conv"));
+  m.def("cpu_paths", [] {
+    py::dict d;
+    d["conv"] = contres::name_of(contres::cpu_conv_path());
+    return d;
+  });
+  contres::bind_own_conv(m);
   // Tests only: the chains' run passes on the CPU kernels ("auto") or composed of ATen operations ("aten").
   m.def("_set_run_passes", &contres::set_run_passes, py::arg("passes"));
   m.def("last_paths", [] {

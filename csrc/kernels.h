@@ -148,6 +148,9 @@ void run_forward_pass_aten(const RunForwardPass& p);
 void run_gate_pass_aten(const RunGatePass& p);
 
 void forward_pass_cpu(const ForwardPass& p);
+// a = act(z) in one vectorised pass (a may be z itself): double_sym's activation on the CPU, where ATen's
+// separate bf16 tanh cost as much as the pass around it.
+void activation_pass_cpu(const at::Tensor& z, Act act, const at::Tensor& a);
 bool gate_pass_cpu(const GatePass& p);  // reduces the bias when asked (returns whether it did)
 void tv_forward_pass_cpu(const TvForwardPass& p);
 void tv_gate_pass_cpu(const TvGatePass& p);

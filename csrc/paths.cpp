@@ -27,6 +27,11 @@ PathSettings& settings() {  // read once from the environment; an invalid value 
 
 std::atomic<int64_t> run_passes_setting{static_cast<int64_t>(RunPasses::Auto)};
 
+std::atomic<int64_t>& cpu_conv_setting() {  // read once from the environment; an invalid value raises at first use
+  static std::atomic<int64_t> s{static_cast<int64_t>(parse<CpuConvPath>(env_or("CONTRES_CPU_CONV", "auto")))};
+  return s;
+}
+
 thread_local std::string last_forward = "none", last_backward = "none";
 
 }  // namespace
@@ -41,6 +46,10 @@ void set_path_settings(const std::string& conv, const std::string& graphs) {
   std::lock_guard<std::mutex> lock(settings_mutex());
   settings() = s;
 }
+
+CpuConvPath cpu_conv_path() { return static_cast<CpuConvPath>(cpu_conv_setting().load()); }
+void set_cpu_conv_path(const std::string& conv) { cpu_conv_setting().store(static_cast<int64_t>(parse<CpuConvPath>(conv))); }
+bool own_conv_chosen() { return cpu_conv_path() == CpuConvPath::Own; }
 
 RunPasses run_passes() { return static_cast<RunPasses>(run_passes_setting.load()); }
 void set_run_passes(const std::string& passes) {

@@ -29,6 +29,19 @@ struct PathSettings {
 PathSettings path_settings();
 void set_path_settings(const std::string& conv, const std::string& graphs);  // parsed by parse<E> (config.h)
 
+// The CPU convolution: ATen's (oneDNN), or contres' own (cpu/own_conv.h; float32). "auto" picks ATen's on every
+// CPU measured so far (bench/cpu_conv.py: the own one ran 0.8-0.9x of oneDNN's on the AVX2-only EPYC); set by
+// contres.set_cpu_paths or CONTRES_CPU_CONV.
+enum class CpuConvPath : int64_t { Auto, Aten, Own };
+template <> struct Names<CpuConvPath> {
+  static constexpr const char* what = "the CPU convolution path";
+  static constexpr std::array<const char*, 3> all = {"auto", "aten", "own"};
+};
+CpuConvPath cpu_conv_path();
+void set_cpu_conv_path(const std::string& conv);
+// Whether a CPU call runs the own convolution (where it serves its operands).
+bool own_conv_chosen();
+
 // The chains' run passes (kernels.h): the CPU kernels where the tensors are on the CPU ("auto"), or composed of
 // ATen operations everywhere ("aten": what CUDA runs; the tests compare the two on the CPU).
 enum class RunPasses : int64_t { Auto, Aten };

@@ -202,9 +202,9 @@ def test_paths_are_reported_and_chosen():
     CPU path)."""
     x, w, b = make_inputs(2, 3, 4, 5, 2, 3)
     y = F.ode_block(x, w, b, n_steps=2, backend="fused")
-    assert contres.ops.last_paths()["forward"] == "cpu"
+    assert contres.ops.last_paths()["forward"] == "cpu:aten"
     y.sum().backward()
-    assert contres.ops.last_paths() == {"forward": "cpu", "backward": "cpu"}
+    assert contres.ops.last_paths() == {"forward": "cpu:aten", "backward": "cpu:aten"}
     old = contres.cuda_paths()
     try:
         contres.set_cuda_paths(conv="aten", graphs="on")
@@ -215,6 +215,6 @@ def test_paths_are_reported_and_chosen():
             contres.set_cuda_paths(graphs="yes")
         assert contres.cuda_paths() == {"conv": "aten", "graphs": "on"}, "a refused choice changes nothing"
         F.ode_block(x, w, b, n_steps=2, backend="fused")
-        assert contres.ops.last_paths()["forward"] == "cpu"
+        assert contres.ops.last_paths()["forward"] == "cpu:aten"
     finally:
         contres.set_cuda_paths(**old)

@@ -336,6 +336,17 @@ void forward_pass_cpu(const ForwardPass& a) {
   });
 }
 
+void activation_pass_cpu(const at::Tensor& z, Act act, const at::Tensor& a) {
+  cpu::dispatch_dtypes(z.scalar_type(), z.scalar_type(), "contres_activation_pass_cpu", [&](auto types) {
+    using L = typename decltype(types)::conv_t;
+    dispatch_layer_activation(act, [&](auto tag) {
+      ForwardPass pass;
+      pass.z = z, pass.act = act, pass.aux_kind = Aux::Value, pass.aux = a;
+      forward_kernel<L, L, decltype(tag)::value, Aux::Value, false, false, false, false>(pass);
+    });
+  });
+}
+
 bool gate_pass_cpu(const GatePass& a) {
   const bool mu = a.mu.defined(), sum = a.sum_out.defined();
   const bool bias = a.bias.defined() && a.channels > 0 && a.bias.is_contiguous() && a.bias.numel() == a.channels;

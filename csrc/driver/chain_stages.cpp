@@ -44,8 +44,7 @@ const at::Tensor& Stages::run_buffer(std::vector<at::Tensor>& buffers, int64_t r
 
 at::Tensor Stages::chain_conv(const ConvSpec& conv, const at::Tensor& y, const std::vector<at::Tensor>& prm) const {
   const at::Tensor K = without_time(prm[conv.kernel], p_.plan.convs[conv.source].time);
-  if (conv.transposed) return at::conv_transpose2d(y, K, {}, {1, 1}, {p_.pad, p_.pad}).contiguous(kLayout);
-  return at::conv2d(y, K, prm[conv.bias], {1, 1}, {p_.pad, p_.pad}).contiguous(kLayout);
+  return conv.transposed ? conv_transpose(y, K) : this->conv(y, K, prm[conv.bias]);
 }
 
 // t times conv i's time kernel applied to an image of ones (zero-padded like the state): (H, W, out) in the
@@ -157,8 +156,7 @@ at::Tensor Stages::chain_adjoint(const Upstream& up, const at::Tensor& U, const 
     const RunSpec& prev = plan.runs[i - 1];
     const at::Tensor K = without_time(prm[conv.kernel], plan.convs[conv.source].time);
     // The data gradient: the adjoint of conv (a transposed convolution) or of conv_t (a convolution).
-    const at::Tensor dy = conv.transposed ? at::conv2d(g, K, {}, {1, 1}, {p_.pad, p_.pad}).contiguous(kLayout)
-                                          : at::conv_transpose2d(g, K, {}, {1, 1}, {p_.pad, p_.pad}).contiguous(kLayout);
+    const at::Tensor dy = conv.transposed ? this->conv(g, K, at::Tensor()) : conv_transpose(g, K);
     // The conv's input y_{i-1}: the state (run 0 empty), its kept Value, or recomputed by the pass below.
     at::Tensor y, g_prev;
     if (i == 1 && prev.empty()) {
@@ -188,13 +186,8 @@ at::Tensor Stages::chain_adjoint(const Upstream& up, const at::Tensor& U, const 
     // The weight gradient, into the full kernel (its time slice from the time channel's own gradient).
     const at::Tensor& Kfull = prm[conv.kernel];
     at::Tensor dK;
-    if (conv.transposed) {  // convT(y, K) as a function of K: the weight gradient of conv(g, K) under y
-      dK = std::get<1>(at::convolution_backward(y, g, K, std::nullopt, {1, 1}, {p_.pad, p_.pad}, {1, 1}, false,
-                                                {0, 0}, 1, {false, true, false}));
-    } else {
-      dK = std::get<1>(at::convolution_backward(g, y, K, std::nullopt, {1, 1}, {p_.pad, p_.pad}, {1, 1}, false,
-                                                {0, 0}, 1, {false, true, false}));
-    }
+    // convT(y, K) as a function of K: the weight gradient of conv(g, K) under y
+    dK = conv.transposed ? conv_weight_grad(y, g, K) : conv_weight_grad(g, y, K);
     if (Kfull.size(1) != K.size(1)) {
       at::Tensor full = at::zeros_like(Kfull, at::MemoryFormat::Contiguous);
       full.narrow(1, 1, K.size(1)).copy_(dK);

@@ -121,6 +121,7 @@ Problem make_problem(const Call& call, const at::Tensor& x) {
   p.conv_opts = x.options().dtype(call.dtypes.conv);
   p.plan = call.plan;
   p.aten_runs = run_passes() == RunPasses::Aten;
+  p.own_conv = x.is_cpu() && own_conv_chosen();
   return p;
 }
 
@@ -337,6 +338,12 @@ at::Tensor reversible_walk(const Problem& p, Stages& st, const Weights& w, const
   return drift;
 }
 
+// What a CPU call runs: "cpu:own" when the own convolution serves its (float32) convolutions, else "cpu:aten".
+std::string cpu_path_name(const at::Tensor& x, const Call& call) {
+  return own_conv_chosen() && x.scalar_type() == at::kFloat && call.dtypes.conv == at::kFloat ? "cpu:own"
+                                                                                                : "cpu:aten";
+}
+
 // weight, bias, then params: the plan's parameters in order.
 std::vector<at::Tensor> all_params(const at::Tensor& weight, const at::Tensor& bias, at::TensorList params) {
   std::vector<at::Tensor> all{weight, bias};
@@ -472,7 +479,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> ode_forward(
 #ifdef CONTRES_WITH_CUDA
   if (x.is_cuda()) return cuda_forward(x, weight, bias, params, call);
 #endif
-  record_path(Direction::Forward, "cpu");
+  record_path(Direction::Forward, cpu_path_name(x, call));
   return forward_impl(x, weight, bias, params, call);
 }
 
@@ -493,7 +500,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
 #ifdef CONTRES_WITH_CUDA
   if (x.is_cuda()) return cuda_backward(grad_out, x, weight, bias, params, states, kept, call);
 #endif
-  record_path(Direction::Backward, "cpu");
+  record_path(Direction::Backward, cpu_path_name(x, call));
   return backward_impl(grad_out, x, weight, bias, params, states, kept, call);
 }
 

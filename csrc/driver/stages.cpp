@@ -6,6 +6,7 @@
 #include <optional>
 #include <vector>
 
+#include "../cpu/own_conv.h"
 #include "../kernels.h"
 #ifdef CONTRES_WITH_CUDNN_FUSION
 #include "../cuda/cudnn_euler.h"  // Euler's steps on the fused cuDNN graphs
@@ -98,14 +99,34 @@ at::Tensor Stages::adjoint(const Upstream& up, const at::Tensor& U, const Weight
   return chain_adjoint(up, U, w.row(row), p_.stage_time(row), kept, slot);
 }
 
+bool Stages::own(const at::Tensor& x, const at::Tensor& K) const { return p_.own_conv && cpu::own_conv_supports(x, K); }
+
 at::Tensor Stages::conv(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b) const {
+  if (own(u, K)) return cpu::own_conv2d(u, K, b);
   const std::optional<at::Tensor> bias = b.defined() ? std::optional<at::Tensor>(b) : std::nullopt;
-  return at::conv2d(u, K, bias, {1, 1}, {p_.pad, p_.pad}).contiguous(kLayout);
+  const int64_t pad = K.size(-1) / 2;
+  return at::conv2d(u, K, bias, {1, 1}, {pad, pad}).contiguous(kLayout);
+}
+
+at::Tensor Stages::conv_transpose(const at::Tensor& g, const at::Tensor& K) const {
+  if (own(g, K.transpose(0, 1))) return cpu::own_conv_transpose2d(g, K);  // a convolution of g with K (Co -> C)
+  const int64_t pad = K.size(-1) / 2;
+  return at::conv_transpose2d(g, K, {}, {1, 1}, {pad, pad}).contiguous(kLayout);
+}
+
+at::Tensor Stages::conv_weight_grad(const at::Tensor& g, const at::Tensor& input, const at::Tensor& K) const {
+  if (own(input, K)) return cpu::own_conv_weight_grad(g, input, K);
+  const int64_t pad = K.size(-1) / 2;
+  return std::get<1>(at::convolution_backward(g, input, K, std::nullopt, {1, 1}, {pad, pad}, {1, 1}, false, {0, 0}, 1,
+                                              {false, true, false}));
 }
 
 std::tuple<at::Tensor, at::Tensor> Stages::conv_backward(const at::Tensor& g, const at::Tensor& input,
                                                          const at::Tensor& K, bool want_input) const {
-  auto grads = at::convolution_backward(g, input, K, std::nullopt, {1, 1}, {p_.pad, p_.pad}, {1, 1}, false, {0, 0}, 1,
+  if (own(input, K))
+    return {want_input ? cpu::own_conv_transpose2d(g, K) : at::Tensor(), cpu::own_conv_weight_grad(g, input, K)};
+  const int64_t pad = K.size(-1) / 2;
+  auto grads = at::convolution_backward(g, input, K, std::nullopt, {1, 1}, {pad, pad}, {1, 1}, false, {0, 0}, 1,
                                         {want_input, true, false});
   at::Tensor d_input = std::get<0>(grads);
   if (d_input.defined()) d_input = d_input.contiguous(kLayout);
@@ -146,10 +167,11 @@ void Stages::forward(const at::Tensor& U, const at::Tensor& K, const at::Tensor&
     run(pass);
   } else {
     if (aux_out.defined()) a = aux_out;  // the Value aux is a itself
-    activation_out(a, z, cfg.act);
+    if (z.is_cpu()) activation_pass_cpu(z, cfg.act, a);
+    else activation_out(a, z, cfg.act);
   }
   if (!comb.any()) return;
-  const at::Tensor y = at::conv_transpose2d(a, K, {}, {1, 1}, {p_.pad, p_.pad});
+  const at::Tensor y = conv_transpose(a, K);
   if (comb.out.defined() && !comb.out_low.defined() && !comb.x1.defined() && !comb.out2.defined() &&
       comb.c0 == 1) {  // Euler's update
     at::Tensor out = comb.out;

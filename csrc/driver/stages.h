@@ -26,6 +26,7 @@ struct Problem {
   at::TensorOptions conv_opts;  // the convolutions' operands: weight's dtype (mixed precision: not the state's)
   bool fused_conv = false;  // CUDA: run each step's convolution with its elementwise work as fused cuDNN graphs
   bool aten_runs = false;   // the chains' run passes composed of ATen operations (kernels.h), not the CPU kernels
+  bool own_conv = false;    // CPU: the own convolution (cpu/own_conv.h) where it serves, not ATen's
   bool mixed() const { return conv_opts.dtype() != opts.dtype(); }
   at::ScalarType conv_dtype() const { return conv_opts.dtype().toScalarType(); }
   // The evaluations' inputs (u_k, rk4's stage inputs) are the first convolution's own: in its dtype when mixed.
@@ -102,9 +103,12 @@ class Stages {
   // u in the convolution dtype, written into out (one pass; mixed precision).
   void to_conv(const at::Tensor& out, const at::Tensor& u) { combine(out, u, at::Tensor(), 1); }
 
-  // The convolution with the problem's padding (+ b when defined), and its gradients: dL/dK of conv(input, K)
-  // under upstream g, and dL/dinput when want_input.
+  // Every convolution of the ops (same padding, stride 1), on ATen's or the own one (Problem::own_conv,
+  // cpu/own_conv.h): conv(u, K) (+ b when defined); convT(g, K); dL/dK of conv(input, K) under upstream g; and
+  // conv_backward, both gradients (dL/dinput when want_input).
   at::Tensor conv(const at::Tensor& u, const at::Tensor& K, const at::Tensor& b) const;
+  at::Tensor conv_transpose(const at::Tensor& g, const at::Tensor& K) const;
+  at::Tensor conv_weight_grad(const at::Tensor& g, const at::Tensor& input, const at::Tensor& K) const;
   std::tuple<at::Tensor, at::Tensor> conv_backward(const at::Tensor& g, const at::Tensor& input, const at::Tensor& K,
                                                    bool want_input) const;
   // g = scale * act'(aux) * (lam + c_mu mu) with the running sum; reduces the bias gradient into db.
@@ -112,6 +116,7 @@ class Stages {
             const at::Tensor& db, bool accumulate, const at::Tensor& a_out = {});
 
  private:
+  bool own(const at::Tensor& x, const at::Tensor& K) const;  // the own convolution serves conv(x, K)
   void write_grad(const at::Tensor& target, const at::Tensor& value, bool accumulate) const;
   // A chain's evaluation and adjoint (driver/chain_stages.cpp).
   void chain_forward(const at::Tensor& U, const std::vector<at::Tensor>& prm, double t, const Combination& comb,
